@@ -1,0 +1,1 @@
+"""Alembic environment of predictstore. Migrations are raw SQL (``op.execute``)."""

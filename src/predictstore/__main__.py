@@ -1,0 +1,3 @@
+from predictstore.cli import main
+
+raise SystemExit(main())

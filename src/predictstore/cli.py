@@ -1,0 +1,84 @@
+"""The ``predictstore`` command: ``serve`` and ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from predictstore import __version__
+from predictstore.errors import PredictstoreError
+from predictstore.settings import Settings
+
+# The server forks only to run pg_ctl; gRPC's fork handlers would just log about it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="predictstore",
+        description="gRPC storage backend for ML predictions, metrics and feedback.",
+    )
+    parser.add_argument("--version", action="version", version=f"predictstore {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve gRPC (embedded PostgreSQL if no database URL)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051)")
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.add_argument("--revision", default="head", help="target revision (default head)")
+    migrate.add_argument(
+        "--downgrade", action="store_true", help="go down to --revision instead (e.g. base)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {"listen": args.listen} if getattr(args, "listen", None) else {}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error["loc"])
+            print(f"predictstore: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "serve":
+            from predictstore.app import serve
+
+            asyncio.run(serve(settings))
+        else:
+            return _migrate(settings, args.revision, args.downgrade)
+    except PredictstoreError as exc:
+        print(f"predictstore: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"predictstore: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
+    from predictstore import migrate
+    from predictstore.embedded import EmbeddedPostgres
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        embedded.start()
+        url = embedded.url()
+    try:
+        if downgrade:
+            migrate.downgrade(url, revision=revision)
+        else:
+            migrate.upgrade(url, storage_mode=settings.storage_mode, revision=revision)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(f"predictstore: schema at {revision}")
+    return 0

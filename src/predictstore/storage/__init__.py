@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL access through asyncpg. Knows SQL, never gRPC."""

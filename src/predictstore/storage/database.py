@@ -1,0 +1,150 @@
+"""The asyncpg pool, its codecs, and the one place driver errors become domain errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from predictstore.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    PredictstoreError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+StorageMode = Literal["timescaledb", "postgresql"]
+
+# Errors that mean "the database cannot be reached right now": retryable.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into domain errors; everything else passes through unchanged."""
+    try:
+        yield
+    except PredictstoreError:
+        raise
+    except asyncpg.UniqueViolationError as exc:
+        raise AlreadyExists() from exc
+    except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
+        column = getattr(exc, "column_name", None) or getattr(exc, "constraint_name", "") or "request"
+        raise InvalidArgument([FieldViolation(column, "violates a storage constraint")]) from exc
+    except asyncpg.DataError as exc:
+        raise InvalidArgument([FieldViolation("request", "holds a value the database rejects")]) from exc
+    except asyncpg.QueryCanceledError as exc:
+        raise Unavailable("the query took too long and was cancelled") from exc
+    except _UNAVAILABLE as exc:
+        raise Unavailable() from exc
+    except asyncpg.InterfaceError as exc:
+        if "closed" in str(exc) or "closing" in str(exc):
+            raise Unavailable() from exc
+        raise
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    min_size: int = 2
+    max_size: int = 10
+    statement_timeout_ms: int = 60_000
+
+
+async def create_pool(url: str, settings: PoolSettings) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb to Python and carry our timeouts."""
+    with translate_errors():
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            init=_init_connection,
+            command_timeout=None,
+            server_settings={
+                "application_name": "predictstore",
+                "statement_timeout": str(settings.statement_timeout_ms),
+            },
+        )
+    assert pool is not None
+    return pool
+
+
+class Database:
+    """The pool plus what every store needs to know about the database."""
+
+    def __init__(self, pool: asyncpg.Pool, mode: StorageMode) -> None:
+        self.pool = pool
+        self.mode = mode
+
+    @classmethod
+    async def open(cls, url: str, settings: PoolSettings) -> Database:
+        pool = await create_pool(url, settings)
+        try:
+            mode = await read_storage_mode(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, mode)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; errors raised inside come out as domain errors."""
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                yield conn
+
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        """True when a query round trip works within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+        except Exception:  # any failure means "not serving"
+            return False
+        return True
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout_s)
+        except TimeoutError:
+            log.warning("pool did not close in time", extra={"action": "pool_terminate"})
+            self.pool.terminate()
+
+
+# Reads the storage mode the migrations chose.
+SELECT_STORAGE_MODE = "SELECT value FROM predictstore_meta WHERE key = 'storage_mode'"
+
+
+async def read_storage_mode(pool: asyncpg.Pool) -> StorageMode:
+    with translate_errors():
+        try:
+            value = await pool.fetchval(SELECT_STORAGE_MODE)
+        except asyncpg.UndefinedTableError as exc:
+            raise Unavailable("the database has no predictstore schema: run `predictstore migrate`") from exc
+    if value not in ("timescaledb", "postgresql"):
+        raise Unavailable(f"unknown storage mode {value!r} in predictstore_meta")
+    mode: StorageMode = value
+    return mode

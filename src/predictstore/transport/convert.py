@@ -1,0 +1,85 @@
+"""Conversions between protobuf messages and domain values, shared by the servicers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from predictstore.domain.predictions import Forecast, Prediction
+from predictstore.v1 import prediction_service_pb2 as pb
+
+
+def to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    """A Timestamp as an aware UTC datetime (PostgreSQL keeps microseconds)."""
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def optional_datetime(message: Any, field: str) -> datetime | None:
+    return to_datetime(getattr(message, field)) if message.HasField(field) else None
+
+
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(value)
+    return result
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    result = struct_pb2.Struct()
+    result.update(value)
+    return result
+
+
+def prediction_from_proto(message: pb.Prediction) -> Prediction:
+    forecast = None
+    if message.HasField("forecast"):
+        f = message.forecast
+        forecast = Forecast(f.value, f.lower_bound, f.upper_bound)
+    return Prediction(
+        prediction_id=message.prediction_id,
+        user_id=message.user_id,
+        context=message.context,
+        prediction_type=message.prediction_type,
+        payload=struct_to_dict(message.payload),
+        confidence=message.confidence if message.HasField("confidence") else None,
+        forecast=forecast,
+        model_name=message.model_name,
+        model_version=message.model_version,
+        target_time=optional_datetime(message, "target_time"),
+        metadata=struct_to_dict(message.metadata),
+    )
+
+
+def prediction_to_proto(p: Prediction) -> pb.Prediction:
+    message = pb.Prediction(
+        prediction_id=p.prediction_id,
+        user_id=p.user_id,
+        context=p.context,
+        prediction_type=p.prediction_type,
+        payload=dict_to_struct(p.payload),
+        model_name=p.model_name,
+        model_version=p.model_version,
+        metadata=dict_to_struct(p.metadata),
+    )
+    if p.confidence is not None:
+        message.confidence = p.confidence
+    if p.forecast is not None:
+        message.forecast.CopyFrom(
+            pb.Forecast(
+                value=p.forecast.value,
+                lower_bound=p.forecast.lower_bound,
+                upper_bound=p.forecast.upper_bound,
+            )
+        )
+    if p.target_time is not None:
+        message.target_time.CopyFrom(to_timestamp(p.target_time))
+    if p.create_time is not None:
+        message.create_time.CopyFrom(to_timestamp(p.create_time))
+    return message

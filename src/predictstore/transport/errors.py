@@ -1,0 +1,164 @@
+"""One interceptor that turns exceptions into gRPC statuses with rich details.
+
+Domain errors map to their codes with google.rpc details (BadRequest for field
+violations, RetryInfo on UNAVAILABLE, ErrorInfo naming the reason). Anything else is
+logged once with its traceback and answered INTERNAL with no internals in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from predictstore.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PredictstoreError,
+    ResourceExhausted,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "predictstore.v1"
+
+_CODES: dict[type[PredictstoreError], tuple[grpc.StatusCode, int, str]] = {
+    NotFound: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND, "NOT_FOUND"),
+    AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, "ALREADY_EXISTS"),
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    ResourceExhausted: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        code_pb2.RESOURCE_EXHAUSTED,
+        "LIMIT_EXCEEDED",
+    ),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+}
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    """The gRPC code, message and google.rpc.Status that answer ``exc``."""
+    if isinstance(exc, PredictstoreError):
+        code, rpc_code, reason = next(
+            (v for cls, v in _CODES.items() if isinstance(exc, cls)),
+            (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "INTERNAL"),
+        )
+        message = exc.message
+        details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
+        if isinstance(exc, InvalidArgument):
+            details.append(
+                _pack(
+                    error_details_pb2.BadRequest(
+                        field_violations=[
+                            error_details_pb2.BadRequest.FieldViolation(
+                                field=v.field, description=v.description
+                            )
+                            for v in exc.violations
+                        ]
+                    )
+                )
+            )
+        elif isinstance(exc, Unavailable):
+            delay = duration_pb2.Duration()
+            delay.FromMilliseconds(int(exc.retry_after_s * 1000))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        elif isinstance(exc, ResourceExhausted) and exc.limit:
+            details[0] = _pack(
+                error_details_pb2.ErrorInfo(
+                    reason=reason, domain=DOMAIN, metadata={"limit": exc.limit}
+                )
+            )
+    elif isinstance(exc, NotImplementedError):
+        code, rpc_code, message = grpc.StatusCode.UNIMPLEMENTED, code_pb2.UNIMPLEMENTED, "not implemented yet"
+        details = []
+    else:
+        code, rpc_code, message = grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "internal error"
+        details = [_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))]
+    return code, message, status_pb2.Status(code=rpc_code, message=message, details=details)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    """Answer the call with the status for ``exc`` (logging the unexpected)."""
+    if not isinstance(exc, PredictstoreError | NotImplementedError):
+        log.error(
+            "unexpected error",
+            exc_info=exc,
+            extra={"action": "rpc_internal_error", "method": method},
+        )
+    code, message, status = status_for(exc)
+    await context.abort(
+        code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+    )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler so exceptions become statuses (see the module docstring)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc, method)
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc, method)
+
+    return wrapper

@@ -1,0 +1,46 @@
+"""Frames of streaming reads: bounded in items and in bytes, whatever the range."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
+
+# Per-item overhead of a repeated message field on the wire (tag + length varint).
+ITEM_OVERHEAD = 6
+
+
+class FrameBuilder(Generic[M]):
+    """Groups encoded items into frames of at most ``max_items`` and about ``max_bytes``.
+
+    A frame closes before an item that would push it past ``max_bytes``, so every frame
+    stays under the limit unless one item alone exceeds it.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: list[M] = []
+        self._bytes = 0
+
+    def add(self, items: Iterable[M]) -> Iterator[list[M]]:
+        """Add items; yields every frame that became full."""
+        for item in items:
+            size = item.ByteSize() + ITEM_OVERHEAD
+            if self._items and (
+                len(self._items) >= self.max_items or self._bytes + size > self.max_bytes
+            ):
+                yield self._take()
+            self._items.append(item)
+            self._bytes += size
+
+    def flush(self) -> list[M]:
+        """The last, partial frame (possibly empty)."""
+        return self._take()
+
+    def _take(self) -> list[M]:
+        items, self._items, self._bytes = self._items, [], 0
+        return items

@@ -1,0 +1,187 @@
+"""PredictionService: validation at the edge, storage through PredictionStore."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import grpc
+
+from predictstore.domain import resume
+from predictstore.domain.predictions import (
+    Prediction,
+    PredictionFilter,
+    PredictionLimits,
+    validate_filter,
+    validate_prediction,
+)
+from predictstore.errors import FieldViolation, InvalidArgument, NotFound
+from predictstore.storage.predictions import PredictionStore
+from predictstore.transport.convert import (
+    optional_datetime,
+    prediction_from_proto,
+    prediction_to_proto,
+)
+from predictstore.transport.frames import FrameBuilder
+from predictstore.v1 import common_pb2, prediction_service_pb2_grpc
+from predictstore.v1 import prediction_service_pb2 as pb
+
+BULK_CHUNK = 1000
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        store: PredictionStore,
+        limits: PredictionLimits,
+        *,
+        frame_max_items: int,
+        frame_max_bytes: int,
+        max_rejections_reported: int,
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.frame_max_items = frame_max_items
+        self.frame_max_bytes = frame_max_bytes
+        self.max_rejections_reported = max_rejections_reported
+
+    async def CreatePrediction(
+        self, request: pb.CreatePredictionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreatePredictionResponse:
+        if not request.HasField("prediction"):
+            raise InvalidArgument([FieldViolation("prediction", "is required")])
+        prediction = prediction_from_proto(request.prediction)
+        if violations := validate_prediction(prediction, self.limits):
+            raise InvalidArgument(violations)
+        if not prediction.prediction_id:
+            prediction = replace(prediction, prediction_id=_new_id())
+        stored, created = await self.store.create(prediction)
+        return pb.CreatePredictionResponse(prediction=prediction_to_proto(stored), created=created)
+
+    async def BatchCreatePredictions(
+        self,
+        request_iterator: AsyncIterator[pb.BatchCreatePredictionsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.BatchCreatePredictionsResponse:
+        reply = pb.BatchCreatePredictionsResponse()
+        pending: dict[str, tuple[int, Prediction]] = {}
+        stored_ids: list[tuple[int, str]] = []
+
+        def reject(index: int, prediction_id: str, field: str, reason: str) -> None:
+            reply.rejected_count += 1
+            if len(reply.rejected) < self.max_rejections_reported:
+                reply.rejected.append(
+                    pb.RejectedPrediction(
+                        index=index, prediction_id=prediction_id, field=field, reason=reason
+                    )
+                )
+
+        async def flush() -> None:
+            items = [p for _, p in pending.values()]
+            result = await self.store.create_many(items)
+            reply.created_count += len(result.created)
+            reply.existing_count += len(result.existing)
+            conflicting = set(result.conflicting)
+            for index, p in pending.values():
+                if p.prediction_id in conflicting:
+                    reject(index, p.prediction_id, "prediction_id", "exists with other content")
+                else:
+                    stored_ids.append((index, p.prediction_id))
+            pending.clear()
+
+        index = 0
+        async for message in request_iterator:
+            for item in message.predictions:
+                prediction = prediction_from_proto(item)
+                if violations := validate_prediction(prediction, self.limits, prefix=""):
+                    for v in violations:
+                        reject(index, prediction.prediction_id, v.field, v.description)
+                else:
+                    if not prediction.prediction_id:
+                        prediction = replace(prediction, prediction_id=_new_id())
+                    earlier = pending.get(prediction.prediction_id)
+                    if earlier is None:
+                        pending[prediction.prediction_id] = (index, prediction)
+                    elif earlier[1].same_content(prediction):
+                        reply.existing_count += 1
+                        stored_ids.append((index, prediction.prediction_id))
+                    else:
+                        reject(
+                            index,
+                            prediction.prediction_id,
+                            "prediction_id",
+                            "repeats an earlier item of this stream with other content",
+                        )
+                index += 1
+                if len(pending) >= BULK_CHUNK:
+                    await flush()
+        if pending:
+            await flush()
+        stored_ids.sort()
+        reply.prediction_ids.extend(pid for _, pid in stored_ids)
+        return reply
+
+    async def GetPrediction(
+        self, request: pb.GetPredictionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPredictionResponse:
+        if not request.prediction_id:
+            raise InvalidArgument([FieldViolation("prediction_id", "must not be empty")])
+        prediction = await self.store.get(request.prediction_id)
+        if prediction is None:
+            raise NotFound(f"prediction {request.prediction_id!r} not found")
+        return pb.GetPredictionResponse(prediction=prediction_to_proto(prediction))
+
+    async def ListPredictions(
+        self, request: pb.ListPredictionsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListPredictionsResponse]:
+        flt = PredictionFilter(
+            user_id=request.user_id,
+            context=request.context,
+            prediction_type=request.prediction_type,
+            model_name=request.model_name,
+            start_time=optional_datetime(request, "start_time"),
+            end_time=optional_datetime(request, "end_time"),
+            descending=request.order != common_pb2.SORT_ORDER_ASCENDING,
+            limit=request.limit,
+        )
+        if violations := validate_filter(flt, self.limits):
+            raise InvalidArgument(violations)
+        query = resume.fingerprint(
+            "predictions",
+            flt.user_id,
+            flt.context,
+            flt.prediction_type,
+            flt.model_name,
+            flt.start_time,
+            flt.end_time,
+            flt.descending,
+        )
+        after = None
+        if request.resume_token:
+            key = resume.decode(request.resume_token, query)
+            try:
+                after = (datetime.fromisoformat(key[0]), str(key[1]))
+            except (IndexError, TypeError, ValueError) as exc:
+                raise InvalidArgument(
+                    [FieldViolation("resume_token", "is not a valid resume token")]
+                ) from exc
+
+        def frame(items: list[pb.Prediction]) -> pb.ListPredictionsResponse:
+            last = items[-1]
+            token = resume.encode(
+                query, [last.create_time.ToDatetime(tzinfo=UTC).isoformat(), last.prediction_id]
+            )
+            return pb.ListPredictionsResponse(predictions=items, resume_token=token)
+
+        builder: FrameBuilder[pb.Prediction] = FrameBuilder(self.frame_max_items, self.frame_max_bytes)
+        async for rows in self.store.stream(flt, after, self.frame_max_items):
+            for items in builder.add(prediction_to_proto(p) for p in rows):
+                yield frame(items)
+        if items := builder.flush():
+            yield frame(items)
