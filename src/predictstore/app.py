@@ -23,6 +23,9 @@ from predictstore.storage.predictions import PredictionStore
 from predictstore.telemetry import configure_logging, configure_tracing
 from predictstore.transport.errors import ErrorInterceptor
 from predictstore.transport.health import HealthReporter
+from predictstore.transport.metrics import MetricsServicer
+from predictstore.transport.metrics_read import MetricsReadHandlers
+from predictstore.transport.metrics_write import MetricsWriteHandlers
 from predictstore.transport.predictions import PredictionServicer
 from predictstore.v1 import (
     feedback_service_pb2,
@@ -86,13 +89,18 @@ async def start_server(settings: Settings, db: Database, listen: str | None = No
         ),
         server,
     )
-    # Not built yet: every RPC answers UNIMPLEMENTED.
+    # -- metrics write path --
+    metrics_writer = MetricsWriteHandlers(db)
+    # -- metrics read path --
+    metrics_reader = MetricsReadHandlers(db)
+    # --
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
-        metrics_service_pb2_grpc.MetricsServiceServicer(), server
+        MetricsServicer(metrics_writer, metrics_reader), server
     )
-    feedback_service_pb2_grpc.add_FeedbackServiceServicer_to_server(
-        feedback_service_pb2_grpc.FeedbackServiceServicer(), server
-    )
+    # -- feedback --
+    feedback_servicer = feedback_service_pb2_grpc.FeedbackServiceServicer()  # UNIMPLEMENTED
+    # --
+    feedback_service_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

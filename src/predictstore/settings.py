@@ -67,6 +67,15 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="Most rejected items listed in a bulk reply."
     )
 
+    # -- metrics write path --
+    # --
+
+    # -- metrics read path --
+    # --
+
+    # -- feedback --
+    # --
+
     # metrics storage (PostgreSQL mode)
     metrics_partition_days_ahead: int = Field(default=7, ge=1)
     metrics_retention_days: int = Field(default=30, ge=1)
