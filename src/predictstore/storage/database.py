@@ -46,10 +46,14 @@ def translate_errors() -> Iterator[None]:
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyExists() from exc
     except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
-        column = getattr(exc, "column_name", None) or getattr(exc, "constraint_name", "") or "request"
+        column = (
+            getattr(exc, "column_name", None) or getattr(exc, "constraint_name", "") or "request"
+        )
         raise InvalidArgument([FieldViolation(column, "violates a storage constraint")]) from exc
     except asyncpg.DataError as exc:
-        raise InvalidArgument([FieldViolation("request", "holds a value the database rejects")]) from exc
+        raise InvalidArgument(
+            [FieldViolation("request", "holds a value the database rejects")]
+        ) from exc
     except asyncpg.QueryCanceledError as exc:
         raise Unavailable("the query took too long and was cancelled") from exc
     except _UNAVAILABLE as exc:
@@ -143,7 +147,9 @@ async def read_storage_mode(pool: asyncpg.Pool) -> StorageMode:
         try:
             value = await pool.fetchval(SELECT_STORAGE_MODE)
         except asyncpg.UndefinedTableError as exc:
-            raise Unavailable("the database has no predictstore schema: run `predictstore migrate`") from exc
+            raise Unavailable(
+                "the database has no predictstore schema: run `predictstore migrate`"
+            ) from exc
     if value not in ("timescaledb", "postgresql"):
         raise Unavailable(f"unknown storage mode {value!r} in predictstore_meta")
     mode: StorageMode = value

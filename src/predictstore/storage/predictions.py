@@ -43,7 +43,9 @@ RETURNING prediction_id
 SELECT_PREDICTION = f"SELECT {COLUMNS} FROM predictions WHERE prediction_id = $1"
 
 # Reads several predictions by id (to compare retried items with what is stored).
-SELECT_PREDICTIONS_BY_IDS = f"SELECT {COLUMNS} FROM predictions WHERE prediction_id = ANY($1::text[])"
+SELECT_PREDICTIONS_BY_IDS = (
+    f"SELECT {COLUMNS} FROM predictions WHERE prediction_id = ANY($1::text[])"
+)
 
 
 @dataclass(slots=True)
@@ -162,7 +164,9 @@ class PredictionStore:
         columns[4] = tuple(_dump(v) for v in columns[4])
         columns[12] = tuple(_dump(v) for v in columns[12])
         async with self.db.connection() as conn, conn.transaction():
-            inserted = {r["prediction_id"] for r in await conn.fetch(INSERT_PREDICTIONS_BULK, *columns)}
+            inserted = {
+                r["prediction_id"] for r in await conn.fetch(INSERT_PREDICTIONS_BULK, *columns)
+            }
             taken = [p for p in items if p.prediction_id not in inserted]
             stored = {}
             if taken:

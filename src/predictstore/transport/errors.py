@@ -31,7 +31,11 @@ DOMAIN = "predictstore.v1"
 _CODES: dict[type[PredictstoreError], tuple[grpc.StatusCode, int, str]] = {
     NotFound: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND, "NOT_FOUND"),
     AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, "ALREADY_EXISTS"),
-    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    InvalidArgument: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        code_pb2.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    ),
     ResourceExhausted: (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         code_pb2.RESOURCE_EXHAUSTED,
@@ -80,7 +84,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Sta
                 )
             )
     elif isinstance(exc, NotImplementedError):
-        code, rpc_code, message = grpc.StatusCode.UNIMPLEMENTED, code_pb2.UNIMPLEMENTED, "not implemented yet"
+        code, rpc_code, message = (
+            grpc.StatusCode.UNIMPLEMENTED,
+            code_pb2.UNIMPLEMENTED,
+            "not implemented yet",
+        )
         details = []
     else:
         code, rpc_code, message = grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "internal error"

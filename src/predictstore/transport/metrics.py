@@ -13,7 +13,7 @@ from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1 import metrics_service_pb2_grpc
 
 
-class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
     def __init__(self, writer: MetricsWriteHandlers, reader: MetricsReadHandlers) -> None:
         self.writer = writer
         self.reader = reader

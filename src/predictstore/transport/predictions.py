@@ -35,7 +35,7 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(
         self,
         store: PredictionStore,
@@ -179,7 +179,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             )
             return pb.ListPredictionsResponse(predictions=items, resume_token=token)
 
-        builder: FrameBuilder[pb.Prediction] = FrameBuilder(self.frame_max_items, self.frame_max_bytes)
+        builder: FrameBuilder[pb.Prediction] = FrameBuilder(
+            self.frame_max_items, self.frame_max_bytes
+        )
         async for rows in self.store.stream(flt, after, self.frame_max_items):
             for items in builder.add(prediction_to_proto(p) for p in rows):
                 yield frame(items)

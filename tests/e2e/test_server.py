@@ -1,0 +1,170 @@
+"""The server as a whole: reflection, health, error hygiene, outages, grpcurl."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from predictstore import migrate
+from predictstore.app import RunningServer, start_server
+from predictstore.embedded import EmbeddedPostgres
+from predictstore.settings import Settings
+from predictstore.storage.database import Database, PoolSettings
+from predictstore.v1 import prediction_service_pb2 as pb
+from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
+from tests.helpers import grpcurl, retry_delay_s
+
+SERVICES = {
+    "predictstore.v1.PredictionService",
+    "predictstore.v1.MetricsService",
+    "predictstore.v1.FeedbackService",
+    "grpc.health.v1.Health",
+}
+
+
+def run_grpcurl(
+    port: int, method: str, data: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """grpcurl against the server: ``method`` is "list" or Service/Method."""
+    flags = ["-d", data] if data is not None else []
+    return subprocess.run(
+        [grpcurl(), "-plaintext", *flags, f"127.0.0.1:{port}", method],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_grpcurl_lists_the_services(server: RunningServer) -> None:
+    result = await asyncio.to_thread(run_grpcurl, server.port, "list")
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) >= SERVICES
+
+
+async def test_grpcurl_create_and_get_in_json(server: RunningServer) -> None:
+    body = {
+        "prediction": {
+            "prediction_id": "gc-1",
+            "user_id": "alice",
+            "prediction_type": "churn",
+            "payload": {"labels": {"stay": 0.7, "churn": 0.3}},
+            "confidence": 0.7,
+        }
+    }
+    created = await asyncio.to_thread(
+        run_grpcurl,
+        server.port,
+        "predictstore.v1.PredictionService/CreatePrediction",
+        json.dumps(body),
+    )
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["created"] is True
+
+    got = await asyncio.to_thread(
+        run_grpcurl,
+        server.port,
+        "predictstore.v1.PredictionService/GetPrediction",
+        '{"prediction_id": "gc-1"}',
+    )
+    assert got.returncode == 0, got.stderr
+    stored = json.loads(got.stdout)["prediction"]
+    assert stored["user_id"] == "alice"
+    assert stored["payload"] == {"labels": {"stay": 0.7, "churn": 0.3}}
+    assert stored["confidence"] == 0.7
+
+
+async def test_grpcurl_sees_invalid_argument_details(server: RunningServer) -> None:
+    result = await asyncio.to_thread(
+        run_grpcurl,
+        server.port,
+        "predictstore.v1.PredictionService/CreatePrediction",
+        '{"prediction": {"user_id": "a", "prediction_type": "t", "confidence": 2}}',
+    )
+    assert result.returncode != 0
+    assert "InvalidArgument" in result.stderr
+    assert "prediction.confidence" in result.stderr
+
+
+async def test_health_is_serving_overall_and_per_service(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ["", *sorted(SERVICES - {"grpc.health.v1.Health"})]:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_unexpected_errors_leak_no_sql(
+    predictions: PredictionServiceStub, database_url: str
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DROP TABLE predictions CASCADE")
+    finally:
+        await conn.close()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await predictions.GetPrediction(pb.GetPredictionRequest(prediction_id="p"))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert caught.value.details() == "internal error"
+    text = caught.value.details() + str(caught.value.trailing_metadata())
+    for leak in ("predictions", "SELECT", "relation", "Traceback", "asyncpg"):
+        assert leak not in text
+
+
+@pytest.fixture
+async def outage_server(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, RunningServer]]:
+    """A server over a PostgreSQL of its own, which the test may stop and start."""
+    pg = EmbeddedPostgres(tmp_path)
+    await asyncio.to_thread(pg.start)
+    await asyncio.to_thread(migrate.upgrade, pg.url())
+    db = await Database.open(pg.url(), PoolSettings(min_size=1, max_size=3))
+    settings = Settings(_env_file=None, data_dir=tmp_path, health_check_interval_s=0.2)
+    running = await start_server(settings, db, listen="127.0.0.1:0")
+    try:
+        yield pg, running
+    finally:
+        await running.stop(0)
+        await db.close(timeout_s=2)
+        await asyncio.to_thread(pg.stop, "immediate")
+
+
+async def _wait_for_status(stub: health_pb2_grpc.HealthStub, status: int) -> None:
+    for _ in range(150):  # at most ~30 s
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+        if reply.status == status:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"health never became {status}")
+
+
+@pytest.mark.slow
+async def test_database_outage_is_unavailable_then_recovers(
+    outage_server: tuple[EmbeddedPostgres, RunningServer],
+) -> None:
+    pg, running = outage_server
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        predictions = PredictionServiceStub(channel)
+        request = pb.CreatePredictionRequest(
+            prediction=pb.Prediction(prediction_id="o1", user_id="u", prediction_type="t")
+        )
+        await predictions.CreatePrediction(request)
+
+        await asyncio.to_thread(pg.stop, "fast")
+        await _wait_for_status(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await predictions.GetPrediction(pb.GetPredictionRequest(prediction_id="o1"))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay_s(caught.value) is not None
+
+        await asyncio.to_thread(pg.start)
+        await _wait_for_status(health, health_pb2.HealthCheckResponse.SERVING)
+        got = await predictions.GetPrediction(pb.GetPredictionRequest(prediction_id="o1"))
+        assert got.prediction.user_id == "u"
