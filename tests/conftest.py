@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,22 @@ from predictstore.v1 import (
 from tests.helpers import with_database
 
 TIMESCALE_IMAGE = "timescale/timescaledb:latest-pg17"
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A private base temp dir per session: pytest's shared /tmp/pytest-of-<user> rotation
+    # deletes the directories of other sessions running at the same time, and with them
+    # their embedded PostgreSQL data.
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="predictstore-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @dataclass(frozen=True)
