@@ -36,6 +36,8 @@ from predictstore.v1 import (
 from tests.helpers import with_database
 
 TIMESCALE_IMAGE = "timescale/timescaledb:latest-pg17"
+# tests fork (pg_ctl, grpcurl) while gRPC threads run; its fork handlers only log about it
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 _OWN_BASETEMP = pytest.StashKey[str]()
 
 

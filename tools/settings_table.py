@@ -21,9 +21,9 @@ def _default(name: str) -> str:
     field = Settings.model_fields[name]
     if name == "data_dir":
         return "per-user data dir (`~/.local/share/predictstore` on Linux)"
-    if field.default_factory is not None:
-        return "(computed)"
-    value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+    if value == []:
+        return "none"
     return (
         "unset"
         if value is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ import sys
 from pydantic import ValidationError
 
 from predictstore import __version__
+from predictstore.domain.auth import SCOPES, check_scopes, hash_key, new_key
 from predictstore.errors import PredictstoreError
 from predictstore.settings import Settings
 
@@ -29,6 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051)"
     )
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="make a new API key and its config entry")
+    create.add_argument("--name", required=True, help="who the key is for, e.g. ingest-eu")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        dest="scopes",
+        help="a scope to grant (repeat): " + ", ".join(sorted(SCOPES)),
+    )
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.add_argument(
@@ -39,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return _create_key(args.name, args.scopes)
     overrides = {"listen": args.listen} if getattr(args, "listen", None) else {}
     try:
         settings = Settings(**overrides)
@@ -47,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             name = ".".join(str(p) for p in error["loc"])
             print(f"predictstore: invalid setting {name}: {error['msg']}", file=sys.stderr)
         return 2
+    from predictstore.transport.exposure import ConfigurationError
+
     try:
         if args.command == "serve":
             from predictstore.app import serve
@@ -54,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(settings))
         else:
             return _migrate(settings, args.revision, args.downgrade)
+    except ConfigurationError as exc:
+        print(f"predictstore: {exc}", file=sys.stderr)
+        return 2
     except PredictstoreError as exc:
         print(f"predictstore: {exc}", file=sys.stderr)
         return 1
@@ -83,4 +103,19 @@ def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
         if embedded is not None:
             embedded.stop()
     print(f"predictstore: schema at {revision}")
+    return 0
+
+
+def _create_key(name: str, scopes: list[str]) -> int:
+    """Print a new key (shown once) and the entry that configures it (digest only)."""
+    try:
+        granted = sorted(check_scopes(scopes))
+    except ValueError as exc:
+        print(f"predictstore: {exc}", file=sys.stderr)
+        return 2
+    key = new_key()
+    entry = {"name": name, "key_hash": hash_key(key), "scopes": granted}
+    print(f"API key (shown once; hand it to the client): {key}")
+    print("Add this entry to PREDICTSTORE_API_KEYS (a JSON list) or the keys file:")
+    print(json.dumps(entry))
     return 0

@@ -8,16 +8,30 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from predictstore.domain.predictions import Forecast, Prediction
+from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.v1 import prediction_service_pb2 as pb
 
+# The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31, UTC.
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
-def to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
-    """A Timestamp as an aware UTC datetime (PostgreSQL keeps microseconds)."""
+
+def to_datetime(ts: timestamp_pb2.Timestamp, field: str = "time") -> datetime:
+    """A Timestamp as an aware UTC datetime (PostgreSQL keeps microseconds).
+
+    InvalidArgument naming ``field`` when the Timestamp is outside its defined range.
+    """
+    if not (MIN_SECONDS <= ts.seconds <= MAX_SECONDS and 0 <= ts.nanos <= 999_999_999):
+        raise InvalidArgument(
+            [FieldViolation(field, "must be a timestamp between 0001-01-01 and 9999-12-31")]
+        )
     return ts.ToDatetime(tzinfo=UTC)
 
 
-def optional_datetime(message: Any, field: str) -> datetime | None:
-    return to_datetime(getattr(message, field)) if message.HasField(field) else None
+def optional_datetime(message: Any, field: str, *, path: str | None = None) -> datetime | None:
+    """The Timestamp ``field`` of ``message`` if set; errors name ``path`` (default field)."""
+    if not message.HasField(field):
+        return None
+    return to_datetime(getattr(message, field), path or field)
 
 
 def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -37,7 +51,7 @@ def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return result
 
 
-def prediction_from_proto(message: pb.Prediction) -> Prediction:
+def prediction_from_proto(message: pb.Prediction, prefix: str = "prediction.") -> Prediction:
     forecast = None
     if message.HasField("forecast"):
         f = message.forecast
@@ -52,7 +66,7 @@ def prediction_from_proto(message: pb.Prediction) -> Prediction:
         forecast=forecast,
         model_name=message.model_name,
         model_version=message.model_version,
-        target_time=optional_datetime(message, "target_time"),
+        target_time=optional_datetime(message, "target_time", path=prefix + "target_time"),
         metadata=struct_to_dict(message.metadata),
     )
 

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from predictstore.errors import (
     AlreadyExists,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PredictstoreError,
@@ -123,11 +124,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
+        client_streams = bool(handler.stream_unary or handler.stream_stream)
+
+        def requests(request: Any) -> Any:
+            return _checked_stream(request) if client_streams else _checked(request)
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await behavior(request, context)
+                    return await behavior(requests(request), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -140,7 +145,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 try:
-                    async for response in behavior(request, context):
+                    async for response in behavior(requests(request), context):
                         yield response
                 except grpc.aio.AbortError:
                     raise
@@ -149,4 +154,38 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return wrapper
 
-        return rewrap(handler, unary, stream)
+        return rewrap(handler, unary, stream, _tolerant(handler.request_deserializer))
+
+
+class _Malformed:
+    """Stands for request bytes that did not parse, so they answer INVALID_ARGUMENT
+    instead of the INTERNAL grpc gives a failing deserializer."""
+
+
+MALFORMED = _Malformed()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return MALFORMED
+
+    return deserialize
+
+
+def _checked(request: Any) -> Any:
+    if request is MALFORMED:
+        raise InvalidArgument(
+            [FieldViolation("request", "is not a valid protobuf message of the RPC's type")]
+        )
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)

@@ -18,10 +18,12 @@ def rewrap(
     handler: grpc.RpcMethodHandler,
     unary: Callable[[UnaryBehavior], UnaryBehavior],
     stream: Callable[[StreamBehavior], StreamBehavior],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """``handler`` with its behavior wrapped by ``unary`` or ``stream`` (by response shape)."""
+    """``handler`` with its behavior wrapped by ``unary`` or ``stream`` (by response shape),
+    and optionally another request deserializer."""
     codecs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

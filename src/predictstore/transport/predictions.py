@@ -98,8 +98,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         index = 0
         async for message in request_iterator:
             for item in message.predictions:
-                prediction = prediction_from_proto(item)
-                if violations := validate_prediction(prediction, self.limits, prefix=""):
+                try:
+                    prediction = prediction_from_proto(item, prefix="")
+                    violations = validate_prediction(prediction, self.limits, prefix="")
+                except InvalidArgument as exc:
+                    prediction = Prediction(item.prediction_id, "", "")
+                    violations = list(exc.violations)
+                if violations:
                     for v in violations:
                         reject(index, prediction.prediction_id, v.field, v.description)
                 else:

@@ -1,0 +1,138 @@
+"""Audits every mutation: one event per call (a bulk write stream is one event, not one
+per point), written after the call ends, with the caller from the auth interceptor.
+
+The event is written after the mutation commits, on its own: if the audit insert fails
+(the database went away in between) the failure is logged and the caller still gets
+its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from predictstore.domain.auth import current_caller
+from predictstore.storage.audit import AuditEvent, AuditStore
+from predictstore.transport.auth import required_scope
+from predictstore.transport.errors import status_for
+from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
+
+log = logging.getLogger(__name__)
+
+AUDITED_ADMIN_METHODS = ("/predictstore.v1.AdminService/RunMaintenance",)
+
+
+def is_mutation(method: str) -> bool:
+    scope = required_scope(method)
+    return bool(scope and scope.endswith(":write")) or method in AUDITED_ADMIN_METHODS
+
+
+def _resource(*messages: Any) -> str:
+    """What the call acted on, from the fields our requests and responses use for it."""
+    for message in messages:
+        if not isinstance(message, Message):
+            continue
+        names = {f.name for f, _ in message.ListFields()}
+        if "insight_id" in names and "user_id" in names:
+            return f"feedback/{message.insight_id}/{message.user_id}"  # type: ignore[attr-defined]
+        if "prediction" in names and message.prediction.prediction_id:  # type: ignore[attr-defined]
+            return f"predictions/{message.prediction.prediction_id}"  # type: ignore[attr-defined]
+        if "prediction_id" in names:
+            return f"predictions/{message.prediction_id}"  # type: ignore[attr-defined]
+    return ""
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    if isinstance(exc, grpc.aio.AbortError):
+        return "ABORTED"
+    return str(status_for(exc)[0].name)
+
+
+def _counts(message: Any, into: dict[str, Any]) -> None:
+    """Add the response's top-level counters (ints) to ``into``, summing across frames."""
+    if not isinstance(message, Message):
+        return
+    for f, value in message.ListFields():
+        if isinstance(value, int) and not isinstance(value, bool) and f.name != "sequence":
+            if f.name.startswith("committed_through"):
+                into[f.name] = value
+            else:
+                into[f.name] = into.get(f.name, 0) + value
+
+
+class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+    async def _record(
+        self, method: str, resource: str, outcome: str, details: dict[str, Any]
+    ) -> None:
+        caller = current_caller.get()
+        event = AuditEvent(
+            actor=caller.name,
+            actor_kind=caller.kind,
+            action=method.lstrip("/"),
+            resource=resource,
+            outcome=outcome,
+            details=details,
+        )
+        try:
+            await self.store.record(event)
+        except Exception:
+            log.exception("audit write failed", extra={"action": "audit_failed", "method": method})
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not is_mutation(method):
+            return handler
+        client_streams = bool(handler.stream_unary or handler.stream_stream)
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                details: dict[str, Any] = {}
+                outcome = "OK"
+                response = None
+                try:
+                    response = await behavior(request, context)
+                    _counts(response, details)
+                    return response
+                except BaseException as exc:
+                    outcome = _outcome(exc)
+                    raise
+                finally:
+                    resource = "stream" if client_streams else _resource(request, response)
+                    await self._record(method, resource, outcome, details)
+
+            return wrapper
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapper(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                details: dict[str, Any] = {}
+                outcome = "OK"
+                try:
+                    async for response in behavior(request, context):
+                        _counts(response, details)
+                        yield response
+                except BaseException as exc:
+                    outcome = _outcome(exc)
+                    raise
+                finally:
+                    await self._record(method, "stream", outcome, details)
+
+            return wrapper
+
+        return rewrap(handler, unary, stream)

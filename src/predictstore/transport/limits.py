@@ -1,0 +1,91 @@
+"""Caps on streaming calls: messages per call and concurrent streams per caller.
+
+A producer that sends more messages than allowed, or opens more streams at once than
+allowed, gets RESOURCE_EXHAUSTED naming the limit; what it sent before is handled as
+usual (a write stream commits what it acknowledged).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from predictstore.domain.auth import current_caller
+from predictstore.errors import ResourceExhausted
+from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
+
+
+async def _capped(requests: AsyncIterator[Any], limit: int) -> AsyncIterator[Any]:
+    count = 0
+    async for request in requests:
+        count += 1
+        if count > limit:
+            raise ResourceExhausted(
+                f"a stream may carry at most {limit} messages (max_stream_messages); "
+                "open a new stream for the rest",
+                limit="max_stream_messages",
+            )
+        yield request
+
+
+class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, max_stream_messages: int, max_streams_per_caller: int) -> None:
+        self.max_stream_messages = max_stream_messages
+        self.max_streams_per_caller = max_streams_per_caller
+        self.open_streams: Counter[str] = Counter()
+
+    def _enter(self) -> str:
+        caller = current_caller.get().name
+        if self.open_streams[caller] >= self.max_streams_per_caller:
+            raise ResourceExhausted(
+                f"caller {caller!r} already has {self.max_streams_per_caller} streams open "
+                "(max_streams_per_caller)",
+                limit="max_streams_per_caller",
+            )
+        self.open_streams[caller] += 1
+        return caller
+
+    def _leave(self, caller: str) -> None:
+        self.open_streams[caller] -= 1
+        if self.open_streams[caller] <= 0:
+            del self.open_streams[caller]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary:
+            return handler
+        client_streams = bool(handler.stream_unary or handler.stream_stream)
+        cap = self.max_stream_messages
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                caller = self._enter()
+                try:
+                    return await behavior(_capped(request, cap), context)
+                finally:
+                    self._leave(caller)
+
+            return wrapper
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapper(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                caller = self._enter()
+                try:
+                    requests = _capped(request, cap) if client_streams else request
+                    async for response in behavior(requests, context):
+                        yield response
+                finally:
+                    self._leave(caller)
+
+            return wrapper
+
+        return rewrap(handler, unary, stream)
