@@ -1,6 +1,7 @@
 # predictstore: gRPC on 0.0.0.0:50051. Point PREDICTSTORE_DATABASE_URL at PostgreSQL or
 # TimescaleDB (see docker-compose.yml); without it the service runs an embedded
-# PostgreSQL in /data.
+# PostgreSQL in /data. Listening beyond loopback needs API keys (PREDICTSTORE_API_KEYS)
+# or mTLS, or an explicit PREDICTSTORE_ALLOW_INSECURE=true: the server refuses otherwise.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
