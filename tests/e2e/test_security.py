@@ -24,11 +24,13 @@ from predictstore.domain.auth import hash_key
 from predictstore.settings import ApiKeyConfig, Settings
 from predictstore.storage.database import Database
 from predictstore.transport.auth import required_scope
+from predictstore.v1 import admin_service_pb2 as admin_pb
 from predictstore.v1 import prediction_service_pb2 as pb
+from predictstore.v1.admin_service_pb2_grpc import AdminServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
 from tests.helpers import free_port
 
-SERVICES = ("PredictionService", "MetricsService", "FeedbackService")
+SERVICES = ("PredictionService", "MetricsService", "FeedbackService", "AdminService")
 KEYS = {
     "reader": ("key-reader-0123456789", ["predictions:read", "metrics:read", "feedback:read"]),
     "writer": ("key-writer-0123456789", ["predictions:write", "metrics:write", "feedback:write"]),
@@ -339,3 +341,41 @@ def test_listening_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> No
     assert "refusing to listen on 0.0.0.0" in lines[0]
     assert "PREDICTSTORE_ALLOW_INSECURE" in lines[0]
     assert not (tmp_path / "pgdata").exists()  # nothing was started
+
+
+async def test_audit_log_reads_back_through_admin_service(secured: RunningServer) -> None:
+    writer = (("authorization", f"Bearer {KEYS['writer'][0]}"),)
+    admin = (("authorization", f"Bearer {KEYS['admin'][0]}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
+        predictions = PredictionServiceStub(channel)
+        for i in range(60):  # more than one frame (frame_max_items=50 in tests)
+            await predictions.CreatePrediction(
+                pb.CreatePredictionRequest(
+                    prediction=pb.Prediction(
+                        prediction_id=f"al-{i}", user_id="u", prediction_type="t"
+                    )
+                ),
+                metadata=writer,
+            )
+        stub = AdminServiceStub(channel)
+        frames = [
+            f async for f in stub.ListAuditEvents(admin_pb.ListAuditEventsRequest(), metadata=admin)
+        ]
+        events = [e for f in frames for e in f.events]
+        assert len(frames) == 2
+        assert [e.resource for e in events] == [f"predictions/al-{i}" for i in range(60)]
+        assert {e.actor for e in events} == {"writer"}
+
+        resumed = [
+            e
+            async for f in stub.ListAuditEvents(
+                admin_pb.ListAuditEventsRequest(resume_token=frames[0].resume_token), metadata=admin
+            )
+            for e in f.events
+        ]
+        assert [e.event_id for e in resumed] == [e.event_id for e in events[50:]]
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.ListAuditEvents(admin_pb.ListAuditEventsRequest(), metadata=writer):
+                pass
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

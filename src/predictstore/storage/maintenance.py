@@ -1,0 +1,296 @@
+"""Storage lifecycle: metric partitions or TimescaleDB policies, and row retention.
+
+One run holds a session-level advisory lock on its own connection, so when several
+replicas run maintenance only one works at a time; if the process dies, the connection
+goes and the lock with it. Every step is its own short transaction (a partition created
+or dropped, a policy replaced, a batch of rows deleted), so a crash mid-run leaves each
+step either done or not started, and the next run picks up where this one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from predictstore.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+# Session advisory lock key that makes maintenance one-at-a-time across replicas.
+LOCK_NAME = "predictstore_maintenance"
+
+# Takes the maintenance lock if no other session holds it; true when taken.
+TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext($1))"
+
+# Releases the maintenance lock taken by TRY_LOCK.
+UNLOCK = "SELECT pg_advisory_unlock(hashtext($1))"
+
+# Keeps DDL from queueing behind long reads (and every later query behind it).
+SET_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
+
+# The daily partitions of metric_points, oldest first.
+SELECT_METRIC_PARTITIONS = r"""
+SELECT c.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'metric_points'::regclass
+  AND c.relname ~ '^metric_points_p[0-9]{8}$'
+ORDER BY c.relname
+"""
+
+# Creates the daily partitions covering [today, today + $1 days] (the migration's function).
+ENSURE_PARTITIONS = (
+    "SELECT predictstore_ensure_metric_partitions(current_date, current_date + $1::int)"
+)
+
+# The daily partitions whose whole day lies before the cutoff date, oldest first.
+SELECT_EXPIRED_PARTITIONS = r"""
+SELECT c.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'metric_points'::regclass
+  AND c.relname ~ '^metric_points_p[0-9]{8}$'
+  AND to_date(substr(c.relname, 16), 'YYYYMMDD') + 1 <= $1::date
+ORDER BY c.relname
+"""
+
+# Today's date in the database's time zone (the one partition bounds are made in).
+SELECT_CURRENT_DATE = "SELECT current_date"
+
+# The interval a TimescaleDB policy on metric_points uses now, if it exists.
+SELECT_POLICY_INTERVAL = """
+SELECT (config ->> $1)::interval
+FROM timescaledb_information.jobs
+WHERE hypertable_schema = current_schema()
+  AND hypertable_name = 'metric_points'
+  AND proc_name = $2
+"""
+
+# Removes metric_points' retention policy if there is one.
+REMOVE_RETENTION_POLICY = "SELECT remove_retention_policy('metric_points', if_exists => true)"
+
+# Adds metric_points' retention policy: chunks older than $1 are dropped.
+ADD_RETENTION_POLICY = "SELECT add_retention_policy('metric_points', drop_after => $1::interval)"
+
+# Removes metric_points' compression policy if there is one.
+REMOVE_COMPRESSION_POLICY = "SELECT remove_compression_policy('metric_points', if_exists => true)"
+
+# Adds metric_points' compression policy: chunks older than $1 are compressed.
+ADD_COMPRESSION_POLICY = (
+    "SELECT add_compression_policy('metric_points', compress_after => $1::interval)"
+)
+
+# Deletes one batch of feedback last updated before $1 (a TID scan over a bounded list).
+DELETE_OLD_FEEDBACK = """
+DELETE FROM feedback
+WHERE ctid = ANY (ARRAY(SELECT ctid FROM feedback WHERE update_time < $1 LIMIT $2))
+"""
+
+# Deletes one batch of predictions created before $1 (a TID scan over a bounded list).
+DELETE_OLD_PREDICTIONS = """
+DELETE FROM predictions
+WHERE ctid = ANY (ARRAY(SELECT ctid FROM predictions WHERE create_time < $1 LIMIT $2))
+"""
+
+_ROW_RETENTION = (("feedback", DELETE_OLD_FEEDBACK), ("predictions", DELETE_OLD_PREDICTIONS))
+
+# TimescaleDB policies: (policy, job proc_name, config key, remove, add)
+_POLICIES = (
+    ("retention", "policy_retention", "drop_after", REMOVE_RETENTION_POLICY, ADD_RETENTION_POLICY),
+    (
+        "compression",
+        "policy_compression",
+        "compress_after",
+        REMOVE_COMPRESSION_POLICY,
+        ADD_COMPRESSION_POLICY,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecyclePolicy:
+    """How long data is kept. A zero means "kept forever" (or "never compressed")."""
+
+    metrics_retention_days: int = 30
+    metrics_compress_after_days: int = 7
+    feedback_retention_days: int = 730
+    prediction_retention_days: int = 365
+    partitions_ahead_days: int = 7
+    batch_rows: int = 5000
+    max_batches: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RowsDeleted:
+    table_name: str
+    rows_deleted: int
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """A TimescaleDB policy set to ``interval``, or removed when it is None."""
+
+    hypertable_name: str
+    policy: str
+    interval: timedelta | None
+
+
+@dataclass(slots=True)
+class MaintenanceReport:
+    """What one run did; ``ran`` is False when another session held the lock."""
+
+    ran: bool
+    start_time: datetime
+    duration_s: float = 0.0
+    partitions_created: list[str] = field(default_factory=list)
+    partitions_dropped: list[str] = field(default_factory=list)
+    rows_deleted: list[RowsDeleted] = field(default_factory=list)
+    policies_changed: list[PolicyChange] = field(default_factory=list)
+
+
+def _quote_ident(name: str) -> str:
+    """A catalog name as an SQL identifier (names here come from pg_class, never a request)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _days(days: int) -> timedelta | None:
+    return timedelta(days=days) if days > 0 else None
+
+
+class Maintenance:
+    """Runs the lifecycle steps for the storage mode of ``db``."""
+
+    def __init__(self, db: Database, policy: LifecyclePolicy) -> None:
+        self.db = db
+        self.policy = policy
+
+    async def run(self) -> MaintenanceReport:
+        """One run under the maintenance lock; returns at once if another session has it."""
+        report = MaintenanceReport(ran=False, start_time=datetime.now(UTC))
+        started = time.monotonic()
+        async with self.db.connection() as conn:
+            if not await conn.fetchval(TRY_LOCK, LOCK_NAME):
+                log.info("maintenance skipped", extra={"action": "maintenance_skipped"})
+                return report
+            try:
+                report.ran = True
+                if self.db.mode == "postgresql":
+                    await self._partitions(conn, report)
+                else:
+                    await self._policies(conn, report)
+                for table, statement in _ROW_RETENTION:
+                    days = (
+                        self.policy.feedback_retention_days
+                        if table == "feedback"
+                        else self.policy.prediction_retention_days
+                    )
+                    if days > 0:
+                        report.rows_deleted.append(
+                            await self._delete_rows(conn, table, statement, days)
+                        )
+            finally:
+                # if this fails (a cancelled run), the pool's reset on release runs
+                # pg_advisory_unlock_all(), and a closed connection holds no lock
+                with contextlib.suppress(Exception):
+                    await conn.fetchval(UNLOCK, LOCK_NAME)
+        report.duration_s = time.monotonic() - started
+        log.info(
+            "maintenance done",
+            extra={
+                "action": "maintenance",
+                "partitions_created": len(report.partitions_created),
+                "partitions_dropped": len(report.partitions_dropped),
+                "rows_deleted": {r.table_name: r.rows_deleted for r in report.rows_deleted},
+                "policies_changed": len(report.policies_changed),
+                "duration_s": round(report.duration_s, 3),
+            },
+        )
+        return report
+
+    async def _partitions(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
+        """PostgreSQL mode: daily partitions ahead, and whole days past retention dropped."""
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                before = {r[0] for r in await conn.fetch(SELECT_METRIC_PARTITIONS)}
+                await conn.fetchval(ENSURE_PARTITIONS, self.policy.partitions_ahead_days)
+                after = [r[0] for r in await conn.fetch(SELECT_METRIC_PARTITIONS)]
+            report.partitions_created.extend(name for name in after if name not in before)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "metric_points busy, partitions made next run",
+                extra={"action": "partition_create_deferred"},
+            )
+        if self.policy.metrics_retention_days <= 0:
+            return
+        today = await conn.fetchval(SELECT_CURRENT_DATE)
+        cutoff = today - timedelta(days=self.policy.metrics_retention_days)
+        for row in await conn.fetch(SELECT_EXPIRED_PARTITIONS, cutoff):
+            name = row[0]
+            try:
+                async with conn.transaction():
+                    await conn.execute(SET_LOCK_TIMEOUT)
+                    await conn.execute(f"DROP TABLE IF EXISTS {_quote_ident(name)}")
+            except asyncpg.LockNotAvailableError:
+                log.warning(
+                    "partition busy, dropped next run",
+                    extra={"action": "partition_drop_deferred", "partition": name},
+                )
+                continue
+            report.partitions_dropped.append(name)
+
+    async def _policies(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
+        """TimescaleDB mode: retention and compression policies as the settings say."""
+        wanted = {
+            "retention": _days(self.policy.metrics_retention_days),
+            "compression": _days(self.policy.metrics_compress_after_days),
+        }
+        for policy, proc_name, key, remove, add in _POLICIES:
+            interval = wanted[policy]
+            async with conn.transaction():
+                current = await conn.fetchval(SELECT_POLICY_INTERVAL, key, proc_name)
+                if current == interval:
+                    continue
+                await conn.execute(remove)
+                if interval is not None:
+                    await conn.execute(add, interval)
+            report.policies_changed.append(PolicyChange("metric_points", policy, interval))
+
+    async def _delete_rows(
+        self, conn: asyncpg.Connection, table: str, statement: str, days: int
+    ) -> RowsDeleted:
+        """Batched deletes, each its own short transaction; at most max_batches per run."""
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        deleted = 0
+        for _ in range(self.policy.max_batches):
+            status = await conn.execute(statement, cutoff, self.policy.batch_rows)
+            count = int(status.split()[-1])
+            deleted += count
+            if count < self.policy.batch_rows:
+                return RowsDeleted(table, deleted, complete=True)
+        return RowsDeleted(table, deleted, complete=False)
+
+
+class MaintenanceRunner:
+    """Runs maintenance at startup and then every ``interval_s``; cancel to stop."""
+
+    def __init__(self, maintenance: Maintenance, interval_s: float) -> None:
+        self.maintenance = maintenance
+        self.interval_s = interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.maintenance.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # logged; the next run tries again
+                log.exception("maintenance failed", extra={"action": "maintenance_failed"})
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,220 @@
+"""AdminService: server facts, limits and storage sizes for operators; maintenance now."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf import duration_pb2
+
+from predictstore import __version__
+from predictstore.domain import resume
+from predictstore.errors import FieldViolation, InvalidArgument
+from predictstore.settings import Settings
+from predictstore.storage.admin import AdminStore
+from predictstore.storage.audit import AuditEvent, AuditStore
+from predictstore.storage.maintenance import Maintenance
+from predictstore.transport.convert import optional_datetime, to_timestamp
+from predictstore.transport.frames import FrameBuilder
+from predictstore.v1 import admin_service_pb2 as pb
+from predictstore.v1 import admin_service_pb2_grpc
+
+_MODES = {
+    "timescaledb": pb.STORAGE_MODE_TIMESCALEDB,
+    "postgresql": pb.STORAGE_MODE_POSTGRESQL,
+}
+_KINDS = {
+    "table": pb.TABLE_KIND_TABLE,
+    "partitioned": pb.TABLE_KIND_PARTITIONED,
+    "hypertable": pb.TABLE_KIND_HYPERTABLE,
+    "continuous_aggregate": pb.TABLE_KIND_CONTINUOUS_AGGREGATE,
+}
+
+
+def _duration(value: timedelta | float) -> duration_pb2.Duration:
+    message = duration_pb2.Duration()
+    if isinstance(value, timedelta):
+        message.FromTimedelta(value)
+    else:
+        message.FromNanoseconds(int(value * 1e9))
+    return message
+
+
+def _days(days: int) -> duration_pb2.Duration | None:
+    """A lifecycle duration; None (field left absent) for 0 = off."""
+    return _duration(timedelta(days=days)) if days > 0 else None
+
+
+def limits_from_settings(s: Settings) -> pb.ServerLimits:
+    """Every limit a client must respect, as the server enforces it."""
+    return pb.ServerLimits(
+        max_receive_message_bytes=s.max_receive_message_bytes,
+        max_send_message_bytes=s.max_send_message_bytes,
+        frame_max_items=s.frame_max_items,
+        frame_max_bytes=s.frame_max_bytes,
+        max_id_length=s.max_id_length,
+        max_payload_bytes=s.max_payload_bytes,
+        max_rejections_reported=s.max_rejections_reported,
+        metrics_query_max_points=s.metrics_query_max_points,
+        metrics_query_max_series=s.metrics_query_max_series,
+        metrics_aggregate_max_buckets=s.metrics_aggregate_max_buckets,
+        metrics_frame_max_points=s.metrics_frame_max_points,
+        metrics_max_series_per_metric=s.metrics_max_series_per_metric,
+        metrics_max_metric_name_length=s.metrics_max_metric_name_length,
+        metrics_max_tags=s.metrics_max_tags,
+        metrics_max_tag_key_length=s.metrics_max_tag_key_length,
+        metrics_max_tag_value_length=s.metrics_max_tag_value_length,
+        metrics_max_point_age=_duration(s.metrics_max_point_age_s),
+        metrics_max_point_future=_duration(s.metrics_max_point_future_s),
+        max_comment_length=s.max_comment_length,
+        max_flag_reason_length=s.max_flag_reason_length,
+        max_stream_messages=s.max_stream_messages,
+        max_streams_per_caller=s.max_streams_per_caller,
+        max_metadata_bytes=s.max_metadata_bytes,
+    )
+
+
+def lifecycle_from_settings(s: Settings) -> pb.LifecycleSettings:
+    return pb.LifecycleSettings(
+        metrics_retention=_days(s.metrics_retention_days),
+        metrics_compress_after=_days(s.metrics_compress_after_days),
+        feedback_retention=_days(s.feedback_retention_days),
+        prediction_retention=_days(s.prediction_retention_days),
+        partitions_ahead=_days(s.partitions_ahead_days),
+        maintenance_interval=_duration(s.maintenance_interval_s),
+    )
+
+
+class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self,
+        store: AdminStore,
+        maintenance: Maintenance,
+        audit: AuditStore,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.maintenance = maintenance
+        self.audit = audit
+        self.limits = limits_from_settings(settings)
+        self.lifecycle = lifecycle_from_settings(settings)
+        self.frame_max_items = settings.frame_max_items
+        self.frame_max_bytes = settings.frame_max_bytes
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        info = await self.store.info()
+        return pb.GetServerInfoResponse(
+            version=__version__,
+            storage_mode=_MODES.get(info.mode, pb.STORAGE_MODE_UNSPECIFIED),
+            postgresql_version=info.postgresql_version,
+            timescaledb_version=info.timescaledb_version,
+            schema_revision=info.schema_revision,
+            limits=self.limits,
+            lifecycle=self.lifecycle,
+        )
+
+    async def GetStorageStats(
+        self, request: pb.GetStorageStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStorageStatsResponse:
+        stats = await self.store.stats()
+        reply = pb.GetStorageStatsResponse(
+            pool=pb.PoolStats(
+                size=stats.pool.size,
+                idle=stats.pool.idle,
+                in_use=stats.pool.in_use,
+                waiting=stats.pool.waiting,
+                min_size=stats.pool.min_size,
+                max_size=stats.pool.max_size,
+            ),
+            database_bytes=stats.database_bytes,
+        )
+        for t in stats.tables:
+            reply.tables.append(
+                pb.TableStats(
+                    table_name=t.table_name,
+                    kind=_KINDS.get(t.kind, pb.TABLE_KIND_UNSPECIFIED),
+                    estimated_rows=t.estimated_rows,
+                    total_bytes=t.total_bytes,
+                    chunk_count=t.chunk_count,
+                    compressed_chunk_count=t.compressed_chunk_count,
+                    before_compression_bytes=t.before_compression_bytes,
+                    after_compression_bytes=t.after_compression_bytes,
+                    compression_ratio=t.compression_ratio,
+                )
+            )
+        return reply
+
+    async def RunMaintenance(
+        self, request: pb.RunMaintenanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunMaintenanceResponse:
+        report = await self.maintenance.run()
+        return pb.RunMaintenanceResponse(
+            ran=report.ran,
+            partitions_created=report.partitions_created,
+            partitions_dropped=report.partitions_dropped,
+            rows_deleted=[
+                pb.RowsDeleted(
+                    table_name=r.table_name, rows_deleted=r.rows_deleted, complete=r.complete
+                )
+                for r in report.rows_deleted
+            ],
+            policies_changed=[
+                pb.PolicyChange(
+                    hypertable_name=p.hypertable_name,
+                    policy=p.policy,
+                    interval=_duration(p.interval) if p.interval is not None else None,
+                )
+                for p in report.policies_changed
+            ],
+            start_time=to_timestamp(report.start_time),
+            duration=_duration(report.duration_s),
+        )
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListAuditEventsResponse]:
+        given_start = optional_datetime(request, "start_time")
+        given_end = optional_datetime(request, "end_time")
+        query = resume.fingerprint("audit", given_start, given_end)
+        start = given_start or datetime.min.replace(tzinfo=UTC)
+        end = given_end or datetime.now(UTC)
+        after_id = 0
+        if request.resume_token:
+            key = resume.decode(request.resume_token, query)
+            if not key or not isinstance(key[0], int):
+                raise InvalidArgument(
+                    [FieldViolation("resume_token", "is not a valid resume token")]
+                )
+            after_id = key[0]
+
+        def frame(events: list[pb.AuditEvent]) -> pb.ListAuditEventsResponse:
+            token = resume.encode(query, [events[-1].event_id])
+            return pb.ListAuditEventsResponse(events=events, resume_token=token)
+
+        builder: FrameBuilder[pb.AuditEvent] = FrameBuilder(
+            self.frame_max_items, self.frame_max_bytes
+        )
+        async for rows in self.audit.stream(start, end, after_id, self.frame_max_items):
+            for events in builder.add(_audit_event(e) for e in rows):
+                yield frame(events)
+        if events := builder.flush():
+            yield frame(events)
+
+
+def _audit_event(e: AuditEvent) -> pb.AuditEvent:
+    message = pb.AuditEvent(
+        event_id=e.event_id,
+        actor=e.actor,
+        actor_kind=e.actor_kind,
+        action=e.action,
+        resource=e.resource,
+        outcome=e.outcome,
+        details_json=json.dumps(e.details, sort_keys=True),
+    )
+    if e.event_time is not None:
+        message.event_time.CopyFrom(to_timestamp(e.event_time))
+    return message
