@@ -1,0 +1,387 @@
+"""Metrics ingestion: the service end to end against raw COPY and one INSERT per point.
+
+One run, one database, one table layout, the same generated points (default 1,000,000
+over the last 7 days: 1,000 prediction ids x 10 metric names, two tags, in time order as
+a producer emits them). Measured, each on empty tables:
+
+- raw COPY: asyncpg copy_records_to_table of (time, series_id, value) records straight
+  into metric_points, in batches of the service's COPY size, one connection (records
+  built before the clock starts: the most favourable baseline);
+- per-row INSERT: one INSERT per point (the seed's naive path) on 20,000 points,
+  extrapolated;
+- the service: a real ``predictstore serve`` process, producers sending pre-serialised
+  WriteMetrics messages of 1,000 points in column form (each with a batch id), with 1
+  and then 4 concurrent streams, until every reply (sent after COMMIT) has arrived.
+
+    python bench/ingest.py [--database-url URL] [--points N]
+
+Without --database-url an embedded PostgreSQL runs in a temporary directory. With it,
+the bench creates (and drops) its own database ``predictstore_bench_<pid>`` on that server.
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from predictstore import migrate
+from predictstore.settings import Settings
+from predictstore.v1 import metrics_service_pb2 as pb
+
+METRICS = 10
+PREDICTIONS = 1_000
+SPAN = timedelta(days=7)
+MESSAGE_POINTS = 1_000
+PER_ROW_POINTS = 20_000
+BENCH_DATABASE = f"predictstore_bench_{os.getpid()}"
+WRITE_METHOD = "/predictstore.v1.MetricsService/WriteMetrics"
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + database))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the points ---------------------------------------------------------------------
+
+
+class Points:
+    """The generated points as columns, plus the series they belong to."""
+
+    def __init__(self, count: int) -> None:
+        self.series = [
+            (f"metric_{m}", f"pred-{p:04d}", {"region": f"r{p % 4}", "model": f"m{p % 3}"})
+            for p in range(PREDICTIONS)
+            for m in range(METRICS)
+        ]
+        n_series = len(self.series)
+        index = np.arange(count, dtype=np.int64)
+        ticks = max(1, -(-count // n_series))
+        end_us = (time.time_ns() // 1000) - 120 * 1_000_000
+        start_us = end_us - int(SPAN.total_seconds() * 1_000_000)
+        step = (end_us - start_us) // ticks
+        self.series_index = (index % n_series).astype(np.int64)
+        # time order, as a producer emits: every series at tick 0, then tick 1, ...
+        self.time_us = start_us + (index // n_series) * step + self.series_index * 7
+        self.values = np.random.default_rng(42).normal(100.0, 15.0, count)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def days(self) -> tuple[datetime, datetime]:
+        first = datetime.fromtimestamp(int(self.time_us.min()) / 1e6, UTC)
+        last = datetime.fromtimestamp(int(self.time_us.max()) / 1e6, UTC)
+        return first, last
+
+    def messages(self, batch_prefix: str) -> list[bytes]:
+        """Serialised WriteMetricsRequest messages of MESSAGE_POINTS points, column form,
+        each listing only the series its points use."""
+        out = []
+        for number, start in enumerate(range(0, len(self), MESSAGE_POINTS)):
+            stop = start + MESSAGE_POINTS
+            used, local = np.unique(self.series_index[start:stop], return_inverse=True)
+            series = []
+            for s in used.tolist():
+                name, pid, tags = self.series[s]
+                series.append(pb.SeriesKey(metric_name=name, prediction_id=pid, tags=tags))
+            request = pb.WriteMetricsRequest(
+                batch_id=f"{batch_prefix}-{number}",
+                columns=pb.PointColumns(
+                    series=series,
+                    series_indexes=local.tolist(),
+                    time_unix_micros=self.time_us[start:stop].tolist(),
+                    values=self.values[start:stop].tolist(),
+                ),
+            )
+            out.append(request.SerializeToString())
+        return out
+
+
+# -- the database -------------------------------------------------------------------
+
+# Creates the bench's series, as the service would on first sight.
+INSERT_SERIES = """
+INSERT INTO metric_series (metric_name, prediction_id, user_id, tags)
+SELECT n, p, '', t::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+     AS x(n, p, t, ord)
+ORDER BY ord
+RETURNING series_id
+"""
+
+
+async def reset(url: str) -> None:
+    """Empty the metric tables and flush dirty pages, so each run starts alike."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("TRUNCATE metric_points, metric_series, metric_batches RESTART IDENTITY")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def prepare_partitions(url: str, points: Points) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key='storage_mode'")
+        if mode == "postgresql":
+            first, last = points.days()
+            await conn.fetchval(
+                "SELECT predictstore_ensure_metric_partitions($1::date, $2::date)",
+                first.date(),
+                last.date(),
+            )
+    finally:
+        await conn.close()
+
+
+async def create_series(conn: asyncpg.Connection, points: Points) -> np.ndarray:
+    rows = await conn.fetch(
+        INSERT_SERIES,
+        [s[0] for s in points.series],
+        [s[1] for s in points.series],
+        [json.dumps(s[2]) for s in points.series],
+    )
+    return np.array([r[0] for r in rows], dtype=np.int32)
+
+
+def records(points: Points, ids: np.ndarray, count: int) -> list[tuple[datetime, int, float]]:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    times = [epoch + timedelta(microseconds=t) for t in points.time_us[:count].tolist()]
+    return list(
+        zip(
+            times,
+            ids[points.series_index[:count]].tolist(),
+            points.values[:count].tolist(),
+            strict=True,
+        )
+    )
+
+
+async def raw_copy(url: str, points: Points, batch: int) -> float:
+    await reset(url)
+    conn = await asyncpg.connect(url)
+    try:
+        ids = await create_series(conn, points)
+        rows = records(points, ids, len(points))
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch):
+            await conn.copy_records_to_table(
+                "metric_points",
+                records=rows[start : start + batch],
+                columns=("time", "series_id", "value"),
+            )
+        elapsed = time.perf_counter() - started
+        assert await conn.fetchval("SELECT count(*) FROM metric_points") == len(points)
+    finally:
+        await conn.close()
+    return len(points) / elapsed
+
+
+async def per_row_insert(url: str, points: Points) -> float:
+    await reset(url)
+    count = min(PER_ROW_POINTS, len(points))
+    conn = await asyncpg.connect(url)
+    try:
+        ids = await create_series(conn, points)
+        rows = records(points, ids, count)
+        started = time.perf_counter()
+        for row in rows:
+            await conn.execute(
+                "INSERT INTO metric_points (time, series_id, value) VALUES ($1, $2, $3)", *row
+            )
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return count / elapsed
+
+
+# -- the service --------------------------------------------------------------------
+
+
+@contextmanager
+def server_process(url: str, workdir: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREDICTSTORE_DATABASE_URL": url,
+        "PREDICTSTORE_LOG_LEVEL": "WARNING",
+        "PREDICTSTORE_DATA_DIR": str(workdir / "unused"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "predictstore", "serve", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        cwd=workdir,
+    )
+    try:
+        yield f"127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_serving(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the server did not start serving within 60 s")
+
+
+async def _stream(messages: list[bytes]) -> AsyncIterator[bytes]:
+    for m in messages:
+        yield m
+
+
+async def service(url: str, points: Points, streams: int, workdir: Path) -> float:
+    await reset(url)
+    messages = points.messages(f"s{streams}")
+    parts = [messages[i::streams] for i in range(streams)]
+    with server_process(url, workdir) as (target, pid):
+        await wait_serving(target)
+        cpu_before = cpu_seconds(pid)
+        async with grpc.aio.insecure_channel(
+            target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        ) as channel:
+            write = channel.stream_unary(
+                WRITE_METHOD,
+                request_serializer=None,
+                response_deserializer=pb.WriteMetricsResponse.FromString,
+            )
+            started = time.perf_counter()
+            replies = await asyncio.gather(*(write(_stream(part), timeout=3600) for part in parts))
+            elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu_before
+    log(f"  server CPU {cpu / len(points) * 1e6:.2f} us/point, {cpu / elapsed:.0%} of one core")
+    accepted = sum(r.accepted_points for r in replies)
+    assert accepted == len(points), f"service accepted {accepted} of {len(points)} points"
+    conn = await asyncpg.connect(url)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM metric_points")
+    finally:
+        await conn.close()
+    assert stored == len(points), f"{stored} points stored, {len(points)} sent"
+    return len(points) / elapsed
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+    finally:
+        await conn.close()
+    url = with_database(admin_url, BENCH_DATABASE)
+    try:
+        await asyncio.to_thread(migrate.upgrade, url)
+        conn = await asyncpg.connect(url)
+        mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key='storage_mode'")
+        await conn.close()
+        batch = Settings(_env_file=None).metrics_flush_points
+        log(f"storage mode {mode}; {count:,} points; COPY batch {batch:,} points")
+        points = Points(count)
+        await prepare_partitions(url, points)
+
+        raw = await raw_copy(url, points, batch)
+        log(f"raw COPY (copy_records_to_table, 1 connection): {raw:,.0f} points/s")
+        per_row = await per_row_insert(url, points)
+        log(f"one INSERT per point ({PER_ROW_POINTS:,} points): {per_row:,.0f} points/s")
+        one = await service(url, points, 1, workdir)
+        log(f"service, 1 stream of {MESSAGE_POINTS:,}-point messages: {one:,.0f} points/s")
+        four = await service(url, points, 4, workdir)
+        log(f"service, 4 streams of {MESSAGE_POINTS:,}-point messages: {four:,.0f} points/s")
+    finally:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
+        finally:
+            await conn.close()
+    return {
+        "points": count,
+        "storage_mode": mode,
+        "copy_batch_points": batch,
+        "message_points": MESSAGE_POINTS,
+        "service_points_per_s": round(one),
+        "service_4_streams_points_per_s": round(four),
+        "raw_copy_points_per_s": round(raw),
+        "ratio_vs_copy": round(one / raw, 3),
+        "ratio_vs_copy_4_streams": round(four / raw, 3),
+        "per_row_insert_points_per_s": round(per_row),
+        "ratio_vs_per_row": round(one / per_row, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    parser.add_argument("--points", type=int, default=1_000_000, help="points to write")
+    args = parser.parse_args()
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    with tempfile.TemporaryDirectory(prefix="predictstore-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.database_url:
+            result = asyncio.run(bench(args.database_url, args.points, workdir))
+        else:
+            from predictstore.embedded import EmbeddedPostgres
+
+            embedded = EmbeddedPostgres(workdir)
+            embedded.start()
+            try:
+                result = asyncio.run(bench(embedded.url(), args.points, workdir))
+            finally:
+                embedded.stop()
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
