@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -15,19 +16,33 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from predictstore import migrate
+from predictstore.domain.feedback import FeedbackLimits
 from predictstore.domain.predictions import PredictionLimits
 from predictstore.embedded import EmbeddedPostgres
 from predictstore.settings import Settings
+from predictstore.storage.admin import AdminStore
+from predictstore.storage.audit import AuditStore
 from predictstore.storage.database import Database, PoolSettings
+from predictstore.storage.feedback import FeedbackStore
+from predictstore.storage.maintenance import LifecyclePolicy, Maintenance, MaintenanceRunner
 from predictstore.storage.predictions import PredictionStore
-from predictstore.telemetry import configure_logging, configure_tracing
+from predictstore.telemetry import configure_logging, configure_telemetry, watch_pool
+from predictstore.transport.admin import AdminServicer
+from predictstore.transport.audit import AuditInterceptor
+from predictstore.transport.auth import AuthInterceptor
 from predictstore.transport.errors import ErrorInterceptor
+from predictstore.transport.exposure import auth_policy, check_exposure, server_credentials
+from predictstore.transport.feedback import FeedbackServicer
 from predictstore.transport.health import HealthReporter
+from predictstore.transport.limits import StreamLimitInterceptor
 from predictstore.transport.metrics import MetricsServicer
 from predictstore.transport.metrics_read import MetricsReadHandlers
 from predictstore.transport.metrics_write import MetricsWriteHandlers
 from predictstore.transport.predictions import PredictionServicer
+from predictstore.transport.rpc_metrics import RpcMetricsInterceptor
 from predictstore.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     feedback_service_pb2,
     feedback_service_pb2_grpc,
     metrics_service_pb2,
@@ -42,6 +57,7 @@ SERVICE_NAMES = (
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
     metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
     feedback_service_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -54,6 +70,9 @@ class RunningServer:
     db: Database
     health: HealthReporter
     health_task: asyncio.Task[None]
+    # background work (maintenance) cancelled after the server stops; cleanups run last
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING, refuse new calls and let open ones finish, then stop probing.
@@ -66,15 +85,36 @@ class RunningServer:
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_task
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for cleanup in self.cleanups:
+            cleanup()
 
 
-async def start_server(settings: Settings, db: Database, listen: str | None = None) -> RunningServer:
+async def start_server(
+    settings: Settings, db: Database, listen: str | None = None
+) -> RunningServer:
     """Build and start the server on ``listen`` (default: settings.listen; port 0 picks one)."""
+    address = listen or settings.listen
+    policy = auth_policy(settings)
+    check_exposure(settings, address, policy)
+    credentials = server_credentials(settings)
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), ErrorInterceptor()],
+        # outermost first: tracing, RPC latency, error mapping, who is calling, stream caps
+        interceptors=[
+            aio_server_interceptor(),
+            RpcMetricsInterceptor(),
+            ErrorInterceptor(),
+            AuthInterceptor(policy),
+            StreamLimitInterceptor(settings.max_stream_messages, settings.max_streams_per_caller),
+            AuditInterceptor(AuditStore(db)),
+        ],
         options=[
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
+            ("grpc.max_metadata_size", settings.max_metadata_bytes),
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -89,33 +129,74 @@ async def start_server(settings: Settings, db: Database, listen: str | None = No
         ),
         server,
     )
-    # -- metrics write path --
-    metrics_writer = MetricsWriteHandlers(db)
-    # -- metrics read path --
-    metrics_reader = MetricsReadHandlers(db)
-    # --
+    metrics_writer = MetricsWriteHandlers.from_settings(db, settings)
+    metrics_reader = MetricsReadHandlers(
+        db,
+        max_points=settings.metrics_query_max_points,
+        max_series=settings.metrics_query_max_series,
+        max_buckets=settings.metrics_aggregate_max_buckets,
+        frame_max_points=settings.metrics_frame_max_points,
+        frame_max_items=settings.frame_max_items,
+        frame_max_bytes=settings.frame_max_bytes,
+        use_rollup=settings.metrics_aggregate_use_rollup,
+    )
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
         MetricsServicer(metrics_writer, metrics_reader), server
     )
-    # -- feedback --
-    feedback_servicer = feedback_service_pb2_grpc.FeedbackServiceServicer()  # UNIMPLEMENTED
-    # --
+    feedback_servicer = FeedbackServicer(
+        FeedbackStore(db),
+        FeedbackLimits(
+            max_id_length=settings.max_id_length,
+            max_comment_length=settings.max_comment_length,
+            max_flag_reason_length=settings.max_flag_reason_length,
+        ),
+        default_min_flags=settings.default_min_flags,
+        frame_max_items=settings.frame_max_items,
+        frame_max_bytes=settings.frame_max_bytes,
+    )
     feedback_service_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_servicer, server)
+    maintenance = Maintenance(db, lifecycle_policy(settings))
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(AdminStore(db), maintenance, AuditStore(db), settings), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-    address = listen or settings.listen
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    reporter = HealthReporter(health_servicer, SERVICE_NAMES, db.ping, settings.health_check_interval_s)
+    reporter = HealthReporter(
+        health_servicer, SERVICE_NAMES, db.ping, settings.health_check_interval_s
+    )
     await reporter.check_once()
     await server.start()
-    log.info("serving", extra={"action": "serve", "address": address, "port": port, "mode": db.mode})
-    return RunningServer(server, port, db, reporter, asyncio.create_task(reporter.run()))
+    log.info(
+        "serving", extra={"action": "serve", "address": address, "port": port, "mode": db.mode}
+    )
+    running = RunningServer(server, port, db, reporter, asyncio.create_task(reporter.run()))
+    if settings.maintenance_interval_s > 0:
+        runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s)
+        running.tasks.append(asyncio.create_task(runner.run()))
+    running.cleanups.append(watch_pool(db.pool))
+    return running
+
+
+def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
+    return LifecyclePolicy(
+        metrics_retention_days=settings.metrics_retention_days,
+        metrics_compress_after_days=settings.metrics_compress_after_days,
+        feedback_retention_days=settings.feedback_retention_days,
+        prediction_retention_days=settings.prediction_retention_days,
+        partitions_ahead_days=settings.partitions_ahead_days,
+        batch_rows=settings.retention_batch_rows,
+        max_batches=settings.retention_max_batches,
+    )
 
 
 def pool_settings(settings: Settings) -> PoolSettings:
@@ -129,12 +210,23 @@ def pool_settings(settings: Settings) -> PoolSettings:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT: the ``predictstore serve`` command."""
     configure_logging(settings.log_level, settings.log_format)
-    tracer_provider = configure_tracing(settings.otel_exporter)
+    # configuration mistakes surface before anything starts
+    check_exposure(settings, settings.listen, auth_policy(settings))
+    server_credentials(settings)
+    telemetry = configure_telemetry(
+        trace_exporter=settings.otel_exporter,
+        metrics_exporter=settings.otel_metrics_exporter,
+        prometheus_listen=settings.prometheus_listen,
+        slow_query_ms=settings.slow_query_ms,
+    )
     embedded: EmbeddedPostgres | None = None
     url = settings.database_url
     if url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
-        log.info("starting embedded postgres", extra={"action": "embedded", "dir": str(settings.data_dir)})
+        log.info(
+            "starting embedded postgres",
+            extra={"action": "embedded", "dir": str(settings.data_dir)},
+        )
         await asyncio.to_thread(embedded.start)
         url = embedded.url()
         await asyncio.to_thread(migrate.upgrade, url, storage_mode=settings.storage_mode)
@@ -153,6 +245,5 @@ async def serve(settings: Settings) -> None:
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
-        if tracer_provider is not None:
-            tracer_provider.shutdown()
+        telemetry.shutdown()
     log.info("stopped", extra={"action": "stopped"})

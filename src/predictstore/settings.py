@@ -6,10 +6,25 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from predictstore.domain.auth import check_scopes
+
 MiB = 1024 * 1024
+
+
+class ApiKeyConfig(BaseModel):
+    """One API key as configured: the server never sees the key itself, only its digest."""
+
+    name: str = Field(min_length=1, max_length=128)
+    key_hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    scopes: list[str]
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, value: list[str]) -> list[str]:
+        return sorted(check_scopes(value))
 
 
 class Settings(BaseSettings):
@@ -34,8 +49,8 @@ class Settings(BaseSettings):
         description="Chosen at migration time: auto uses TimescaleDB when the extension "
         "can be created.",
     )
-    pool_min_size: int = Field(default=2, ge=0)
-    pool_max_size: int = Field(default=10, ge=1)
+    pool_min_size: int = Field(default=2, ge=0, description="Connections the pool keeps open.")
+    pool_max_size: int = Field(default=10, ge=1, description="Most connections the pool opens.")
     statement_timeout_ms: int = Field(
         default=60_000, ge=0, description="Per-statement timeout; 0 disables it."
     )
@@ -43,12 +58,18 @@ class Settings(BaseSettings):
     # the gRPC server
     listen: str = Field(default="127.0.0.1:50051", description="HOST:PORT to serve on.")
     reflection: bool = Field(default=True, description="Serve gRPC server reflection.")
-    max_receive_message_bytes: int = Field(default=16 * MiB, ge=1024)
-    max_send_message_bytes: int = Field(default=16 * MiB, ge=1024)
+    max_receive_message_bytes: int = Field(
+        default=16 * MiB, ge=1024, description="Largest gRPC message the server accepts."
+    )
+    max_send_message_bytes: int = Field(
+        default=16 * MiB, ge=1024, description="Largest gRPC message the server sends."
+    )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="How long open calls get to finish on SIGTERM."
     )
-    health_check_interval_s: float = Field(default=2.0, gt=0)
+    health_check_interval_s: float = Field(
+        default=2.0, gt=0, description="How often health probes the database."
+    )
 
     # streaming reads
     frame_max_items: int = Field(
@@ -59,7 +80,9 @@ class Settings(BaseSettings):
     )
 
     # predictions
-    max_id_length: int = Field(default=256, ge=1)
+    max_id_length: int = Field(
+        default=256, ge=1, description="Longest id (prediction, user, insight...) accepted."
+    )
     max_payload_bytes: int = Field(
         default=64 * 1024, ge=1, description="Largest JSON payload or metadata of a prediction."
     )
@@ -67,26 +90,172 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="Most rejected items listed in a bulk reply."
     )
 
-    # -- metrics write path --
-    # --
+    # metrics write path
+    metrics_flush_points: int = Field(
+        default=20_000, ge=1, description="Points per COPY: a stream flushes when it has this many."
+    )
+    metrics_flush_interval_s: float = Field(
+        default=0.05, gt=0, description="Longest a received point waits before its COPY starts."
+    )
+    metrics_max_inflight_per_stream: int = Field(
+        default=2, ge=1, description="Commits one write stream may have running at once."
+    )
+    metrics_max_inflight_total: int = Field(
+        default=8, ge=1, description="Commits all write streams together may have running."
+    )
+    metrics_max_series_per_metric: int = Field(
+        default=100_000, ge=1, description="Most distinct series (ids + tags) of one metric name."
+    )
+    metrics_max_metric_name_length: int = Field(
+        default=256, ge=1, description="Longest metric name, in characters."
+    )
+    metrics_max_tags: int = Field(default=32, ge=0, description="Most tags on one series.")
+    metrics_max_tag_key_length: int = Field(
+        default=128, ge=1, description="Longest tag key, in characters."
+    )
+    metrics_max_tag_value_length: int = Field(
+        default=256, ge=1, description="Longest tag value, in characters."
+    )
+    metrics_allow_nan: bool = Field(
+        default=False, description="Store NaN values instead of rejecting them (never infinities)."
+    )
+    metrics_max_point_age_s: float = Field(
+        default=30 * 86_400, gt=0, description="Oldest point accepted, in seconds before now."
+    )
+    metrics_max_point_future_s: float = Field(
+        default=3_600, ge=0, description="Newest point accepted, in seconds after now."
+    )
 
-    # -- metrics read path --
-    # --
+    # metrics read path
+    metrics_query_max_points: int = Field(
+        default=10_000_000,
+        ge=1,
+        description="Most points one QueryMetrics call returns; a range holding more is "
+        "RESOURCE_EXHAUSTED after that many (resume from the last frame's token).",
+    )
+    metrics_query_max_series: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most series the filter of one QueryMetrics or AggregateMetrics call "
+        "may match; more is RESOURCE_EXHAUSTED.",
+    )
+    metrics_aggregate_max_buckets: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most buckets one AggregateMetrics call returns; more is RESOURCE_EXHAUSTED.",
+    )
+    metrics_frame_max_points: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most points in one QueryMetrics frame (frame_max_bytes bounds it too).",
+    )
+    metrics_aggregate_use_rollup: bool = Field(
+        default=True,
+        description="TimescaleDB mode: answer whole-hour buckets from the hourly rollup "
+        "(false: always scan raw rows).",
+    )
 
-    # -- feedback --
-    # --
+    # security
+    api_keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description='API keys as JSON, e.g. [{"name": "ingest", "key_hash": "sha256:...", '
+        '"scopes": ["metrics:write"]}]; `predictstore keys create` makes one. None: auth off.',
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A JSON file with more keys, in the same form as api_keys."
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM server certificate (chain); with tls_key_file turns TLS on."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA for mTLS: clients must present a certificate it signed; "
+        "the certificate's subject becomes the caller.",
+    )
+    health_open: bool = Field(
+        default=True, description="Serve grpc.health.v1 without credentials (for probes)."
+    )
+    reflection_open: bool = Field(
+        default=True, description="Serve reflection without credentials when auth is on."
+    )
+    allow_insecure: bool = Field(
+        default=False,
+        description="Allow listening beyond loopback with neither API keys nor mTLS.",
+    )
+    max_stream_messages: int = Field(
+        default=1_000_000, ge=1, description="Most messages a client may send in one stream."
+    )
+    max_streams_per_caller: int = Field(
+        default=64, ge=1, description="Most streaming calls one caller may have open at once."
+    )
+    max_metadata_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Largest request metadata (headers) accepted."
+    )
 
-    # metrics storage (PostgreSQL mode)
-    metrics_partition_days_ahead: int = Field(default=7, ge=1)
-    metrics_retention_days: int = Field(default=30, ge=1)
+    # feedback
+    max_comment_length: int = Field(
+        default=4000, ge=1, description="Longest feedback comment, in characters."
+    )
+    max_flag_reason_length: int = Field(
+        default=1000, ge=1, description="Longest reason given with a flag, in characters."
+    )
+    default_min_flags: int = Field(
+        default=3, ge=1, description="ListFlaggedInsights' min_flags when a request leaves it 0."
+    )
+
+    # admin & maintenance
+    metrics_retention_days: int = Field(
+        default=30, ge=0, description="Metric points older than this are dropped; 0 keeps them."
+    )
+    metrics_compress_after_days: int = Field(
+        default=7,
+        ge=0,
+        description="TimescaleDB mode: metric chunks older than this are compressed; 0: never.",
+    )
+    feedback_retention_days: int = Field(
+        default=730, ge=0, description="Feedback not updated for this long is deleted; 0 keeps it."
+    )
+    prediction_retention_days: int = Field(
+        default=365, ge=0, description="Predictions older than this are deleted; 0 keeps them."
+    )
+    partitions_ahead_days: int = Field(
+        default=7, ge=1, description="PostgreSQL mode: daily metric partitions made this far ahead."
+    )
+    maintenance_interval_s: float = Field(
+        default=3600,
+        ge=0,
+        description="How often the service runs maintenance (first run at startup); "
+        "0: only through AdminService.RunMaintenance.",
+    )
+    retention_batch_rows: int = Field(
+        default=5000, ge=1, description="Rows one retention DELETE removes (each its own commit)."
+    )
+    retention_max_batches: int = Field(
+        default=200, ge=1, description="Most retention batches per table in one maintenance run."
+    )
+    otel_metrics_exporter: Literal["none", "console", "otlp"] = Field(
+        default="none",
+        description="Where OpenTelemetry metrics go besides Prometheus. otlp reads the standard "
+        "OTEL_EXPORTER_OTLP_* variables.",
+    )
+    prometheus_listen: str | None = Field(
+        default=None,
+        description="HOST:PORT of a Prometheus scrape endpoint (/metrics); unset: none.",
+    )
+    slow_query_ms: float = Field(
+        default=200, ge=0, description="Queries slower than this count as slow (a counter)."
+    )
 
     # telemetry
     otel_exporter: Literal["none", "console", "otlp"] = Field(
         default="none",
         description="Where traces go. otlp reads the standard OTEL_EXPORTER_OTLP_* variables.",
     )
-    log_level: str = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    log_level: str = Field(default="INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: readable lines; json: one JSON object per line."
+    )
 
     @field_validator("listen")
     @classmethod

@@ -1,25 +1,488 @@
-"""The metrics read path: QueryMetrics and AggregateMetrics."""
+"""The metrics read path: QueryMetrics and AggregateMetrics.
+
+Points go out column-wise: each frame's per-point columns are filled from the cursor's
+batches with ``extend`` (no message object per point), and each frame names only the
+series it refers to, so any frame stands alone and carries the token to resume after it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing
+from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 
+from predictstore.domain import resume
+from predictstore.domain.validation import check_text
+from predictstore.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from predictstore.storage.database import Database
+from predictstore.storage.metrics_read import (
+    Bucket,
+    BucketKey,
+    BucketSpec,
+    GroupBy,
+    MetricsReadStore,
+    PointBatch,
+    PointKey,
+    Series,
+    SeriesFilter,
+    group_value,
+)
+from predictstore.transport.convert import to_datetime
+from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
+
+TEXT_LIMIT = 256
+# Upper bound of one point's bytes in PointColumns: a uint32 index varint (5), a
+# sfixed64 time (8) and a double (8).
+POINT_BYTES = 21
+# A SeriesKey's wire overhead in the repeated field (tag + length varint).
+SERIES_OVERHEAD = 6
+# Room for the rest of a frame: the resume token and the columns' tags and lengths.
+FRAME_OVERHEAD = 256
+# Upper bound of an AggregateBucket's bytes besides its two strings: the item's tag and
+# length (4), the timestamp (14), the strings' tags and lengths (6), count (11) and four
+# optional doubles (36); and of one PercentileValue (tag, length, two doubles).
+BUCKET_BYTES = 71
+# The frame's own fields besides buckets and token: the token's tag and length.
+AGGREGATE_FRAME_OVERHEAD = 8
+PERCENTILE_BYTES = 21
+DEFAULT_PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+DEFAULT_AGGREGATIONS = frozenset(
+    {
+        pb.AGGREGATION_COUNT,
+        pb.AGGREGATION_SUM,
+        pb.AGGREGATION_AVG,
+        pb.AGGREGATION_MIN,
+        pb.AGGREGATION_MAX,
+    }
+)
+GROUP_BY: dict[int, GroupBy] = {
+    pb.GROUP_BY_UNSPECIFIED: "metric",
+    pb.GROUP_BY_METRIC: "metric",
+    pb.GROUP_BY_PREDICTION: "prediction",
+    pb.GROUP_BY_USER: "user",
+    pb.GROUP_BY_TAG: "tag",
+}
+MAX_POINTS_LIMIT = "metrics_query_max_points"
+MAX_BUCKETS_LIMIT = "metrics_aggregate_max_buckets"
+
+
+def _filter(request: Any) -> tuple[SeriesFilter, datetime, datetime]:
+    """The series filter and time range of a request; InvalidArgument when malformed."""
+    violations: list[FieldViolation] = []
+    if not request.HasField("filter"):
+        raise InvalidArgument([FieldViolation("filter", "is required")])
+    f = request.filter
+    for name in ("start_time", "end_time"):
+        if not f.HasField(name):
+            violations.append(FieldViolation(f"filter.{name}", "is required"))
+    for name in ("metric_names", "prediction_ids", "user_ids"):
+        for i, value in enumerate(getattr(f, name)):
+            violations.extend(check_text(f"filter.{name}[{i}]", value, TEXT_LIMIT))
+    for key, value in f.tags.items():
+        violations.extend(check_text(f"filter.tags[{key}]", key + value, 2 * TEXT_LIMIT))
+    if violations:
+        raise InvalidArgument(violations)
+    try:
+        start, end = to_datetime(f.start_time), to_datetime(f.end_time)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(
+            [FieldViolation("filter", "start_time and end_time must be valid timestamps")]
+        ) from exc
+    if start >= end:
+        raise InvalidArgument([FieldViolation("filter.end_time", "must be after start_time")])
+    flt = SeriesFilter(
+        metric_names=tuple(sorted(set(f.metric_names))),
+        prediction_ids=tuple(sorted(set(f.prediction_ids))),
+        user_ids=tuple(sorted(set(f.user_ids))),
+        tags=dict(sorted(f.tags.items())),
+    )
+    return flt, start, end
+
+
+def _token_key(token: str, query: str, size: int) -> list[Any]:
+    key = resume.decode(token, query)
+    if len(key) != size:
+        raise InvalidArgument([FieldViolation("resume_token", "is not a valid resume token")])
+    return key
+
+
+def series_key(series: Series) -> pb.SeriesKey:
+    return pb.SeriesKey(
+        metric_name=series.metric_name,
+        prediction_id=series.prediction_id,
+        user_id=series.user_id,
+        tags=series.tags,
+    )
+
+
+class PointFrames:
+    """Cuts cursor batches into frames of at most ``max_points`` points and about
+    ``max_bytes`` bytes, each with the token that resumes right after its last point."""
+
+    def __init__(
+        self,
+        query: str,
+        series: Sequence[Series],
+        max_points: int,
+        max_bytes: int,
+        after: PointKey | None,
+    ) -> None:
+        self.query = query
+        self.keys = {s.series_id: series_key(s) for s in series}
+        self.sizes = {sid: k.ByteSize() + SERIES_OVERHEAD for sid, k in self.keys.items()}
+        self.max_points = max_points
+        self.max_bytes = max_bytes
+        self.last: tuple[int, int, float] | None = None
+        self.repeats = 0
+        if after is not None:
+            self.last = (after.time_us, after.series_id, after.value)
+            self.repeats = after.repeats
+
+    def frames(self, batch: PointBatch) -> Iterator[pb.QueryMetricsResponse]:
+        i, n = 0, len(batch)
+        while i < n:  # each round takes at least one point
+            j = self._fit(batch, i, min(n, i + self.max_points))
+            yield self._frame(batch, i, j)
+            i = j
+
+    def _fit(self, batch: PointBatch, i: int, j: int) -> int:
+        """Shrinks [i, j) by halves until its frame fits in max_bytes (or holds one point)."""
+        while j - i > 1:
+            size = FRAME_OVERHEAD + (j - i) * POINT_BYTES
+            size += sum(self.sizes[s] for s in set(batch.series_ids[i:j]))
+            if size <= self.max_bytes:
+                break
+            j = i + (j - i) // 2
+        return j
+
+    def _frame(self, batch: PointBatch, i: int, j: int) -> pb.QueryMetricsResponse:
+        sids = batch.series_ids[i:j]
+        order = list(dict.fromkeys(sids))
+        local = {sid: k for k, sid in enumerate(order)}
+        message = pb.QueryMetricsResponse()
+        columns = message.columns
+        columns.series.extend(self.keys[s] for s in order)
+        columns.series_indexes.extend(map(local.__getitem__, sids))
+        columns.time_unix_micros.extend(batch.times_us[i:j])
+        columns.values.extend(batch.values[i:j])
+        message.resume_token = resume.encode(self.query, self._position(batch, i, j))
+        return message
+
+    def _position(self, batch: PointBatch, i: int, j: int) -> list[Any]:
+        """[time, series, value, repeats] of the frame's last point: repeats counts the
+        points with exactly that key delivered so far, in this frame and before it."""
+        last = (batch.times_us[j - 1], batch.series_ids[j - 1], batch.values[j - 1])
+        k = j - 1
+        while (
+            k > i and (batch.times_us[k - 1], batch.series_ids[k - 1], batch.values[k - 1]) == last
+        ):
+            k -= 1
+        repeats = j - k
+        if k == i and self.last == last:
+            repeats += self.repeats
+        self.last, self.repeats = last, repeats
+        return [*last, repeats]
+
+
+class BucketFrames:
+    """Fills AggregateMetrics frames in place (no per-bucket message copied into a frame),
+    at most ``max_items`` buckets and about ``max_bytes`` bytes each, every frame with the
+    token that resumes right after its last bucket."""
+
+    def __init__(
+        self,
+        query: str,
+        aggregations: frozenset[int],
+        percentiles: Sequence[float],
+        max_items: int,
+        max_bytes: int,
+    ) -> None:
+        self.query = query
+        self.sum = pb.AGGREGATION_SUM in aggregations
+        self.avg = pb.AGGREGATION_AVG in aggregations
+        self.min = pb.AGGREGATION_MIN in aggregations
+        self.max = pb.AGGREGATION_MAX in aggregations
+        self.percentiles = percentiles
+        self.max_items = max_items
+        self.max_bytes = max_bytes - AGGREGATE_FRAME_OVERHEAD
+        self._frame = pb.AggregateMetricsResponse()
+        self._count = 0
+        self._bytes = 0
+        self._sizes: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def add(self, buckets: Sequence[Bucket]) -> Iterator[pb.AggregateMetricsResponse]:
+        """Adds buckets; yields every frame that became full."""
+        sizes = self._sizes
+        group: tuple[str, str] | None = None
+        size = token = 0
+        for bucket in buckets:
+            if group is None or bucket[0] is not group[0] or bucket[1] is not group[1]:
+                group = (bucket[0], bucket[1])  # buckets come group by group
+                known = sizes.get(group)
+                if known is None:
+                    # the bucket's bytes, and those of a token that would end on it (which
+                    # names its group: long group values make long tokens)
+                    known = sizes[group] = (
+                        BUCKET_BYTES
+                        + len(group[0].encode())
+                        + len(group[1].encode())
+                        + PERCENTILE_BYTES * len(self.percentiles),
+                        len(resume.encode(self.query, [*group, -(2**62)])) + 3,
+                    )
+                size, token = known
+            if self._count and (
+                self._count >= self.max_items or self._bytes + size + token > self.max_bytes
+            ):
+                yield self._take()
+            self._add(bucket)
+            self._count += 1
+            self._bytes += size
+
+    def flush(self) -> pb.AggregateMetricsResponse | None:
+        """The last, partial frame, if it holds anything."""
+        return self._take() if self._count else None
+
+    def _take(self) -> pb.AggregateMetricsResponse:
+        frame, self._frame = self._frame, pb.AggregateMetricsResponse()
+        self._count = self._bytes = 0
+        last = frame.buckets[-1]
+        frame.resume_token = resume.encode(
+            self.query,
+            [
+                last.metric_name,
+                last.group_value,
+                last.bucket_start_time.seconds * 1_000_000 + last.bucket_start_time.nanos // 1000,
+            ],
+        )
+        return frame
+
+    def _add(self, bucket: Bucket) -> None:
+        """One bucket, built in place (setting fields one by one measured fastest)."""
+        name, value, us, count, total, low, high, pct = bucket
+        item = self._frame.buckets.add()
+        start = item.bucket_start_time
+        start.seconds = us // 1_000_000
+        start.nanos = us % 1_000_000 * 1000
+        item.metric_name = name
+        item.group_value = value
+        item.count = count
+        if not count:
+            return
+        if total is not None:
+            if self.sum:
+                item.sum = total
+            if self.avg:
+                item.avg = total / count
+        if self.min and low is not None:
+            item.min = low
+        if self.max and high is not None:
+            item.max = high
+        if pct is not None:
+            for q, v in zip(self.percentiles, pct, strict=True):
+                item.percentiles.add(percentile=q, value=v)
 
 
 class MetricsReadHandlers:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_points: int = 10_000_000,
+        max_series: int = 10_000,
+        max_buckets: int = 1_000_000,
+        frame_max_points: int = 10_000,
+        frame_max_items: int = 500,
+        frame_max_bytes: int = 1024 * 1024,
+        use_rollup: bool = True,
+    ) -> None:
+        self.store = MetricsReadStore(db)
+        self.max_points = max_points
+        self.max_series = max_series
+        self.max_buckets = max_buckets
+        self.frame_max_points = frame_max_points
+        self.frame_max_items = frame_max_items
+        self.frame_max_bytes = frame_max_bytes
+        self.use_rollup = use_rollup
 
-    def query_metrics(
+    async def query_metrics(
         self, request: pb.QueryMetricsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QueryMetricsResponse]:
-        raise NotImplementedError
+        flt, start, end = _filter(request)
+        descending = request.order == common_pb2.SORT_ORDER_DESCENDING
+        if request.limit > self.max_points:
+            raise ResourceExhausted(
+                f"limit {request.limit} is above the server's cap of {self.max_points} points "
+                f"per request ({MAX_POINTS_LIMIT})",
+                limit=MAX_POINTS_LIMIT,
+            )
+        query = resume.fingerprint(
+            "metrics.points", start, end, flt.metric_names, flt.prediction_ids, flt.user_ids,
+            flt.tags, descending,
+        )  # fmt: skip
+        after = None
+        if request.resume_token:
+            key = _token_key(request.resume_token, query, 4)
+            try:
+                after = PointKey(int(key[0]), int(key[1]), float(key[2]), int(key[3]))
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(
+                    [FieldViolation("resume_token", "is not a valid resume token")]
+                ) from exc
+        series = await self.store.find_series(flt, self.max_series)
+        if not series:
+            return
+        # without a client limit, read one point past the cap to tell "exactly the cap"
+        # from "more than the cap"
+        cap = request.limit or self.max_points
+        limit = request.limit or self.max_points + 1
+        frames = PointFrames(query, series, self.frame_max_points, self.frame_max_bytes, after)
+        sent = 0
+        points = self.store.stream_points(
+            [s.series_id for s in series],
+            start,
+            end,
+            descending=descending,
+            after=after,
+            limit=limit,
+            fetch_size=self.frame_max_points,
+        )
+        async with aclosing(points):
+            async for batch in points:
+                if sent + len(batch) > cap:
+                    take = cap - sent
+                    batch = PointBatch(
+                        batch.times_us[:take], batch.series_ids[:take], batch.values[:take]
+                    )
+                    for frame in frames.frames(batch):
+                        yield frame
+                    raise ResourceExhausted(
+                        f"the range holds more than {cap} points, the server's cap per request "
+                        f"({MAX_POINTS_LIMIT}): resume with the last frame's token or narrow "
+                        "the filter",
+                        limit=MAX_POINTS_LIMIT,
+                    )
+                sent += len(batch)
+                for frame in frames.frames(batch):
+                    yield frame
 
-    def aggregate_metrics(
+    async def aggregate_metrics(
         self, request: pb.AggregateMetricsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AggregateMetricsResponse]:
-        raise NotImplementedError
+        flt, start, end = _filter(request)
+        spec, aggregations, group_by = self._aggregate_spec(request, start, end)
+        query = resume.fingerprint(
+            "metrics.buckets", start, end, flt.metric_names, flt.prediction_ids, flt.user_ids,
+            flt.tags, spec.width_us, sorted(aggregations), spec.percentiles, group_by,
+            request.group_by_tag_key, spec.fill_gaps,
+        )  # fmt: skip
+        after = None
+        if request.resume_token:
+            key = _token_key(request.resume_token, query, 3)
+            try:
+                after = BucketKey(str(key[0]), str(key[1]), int(key[2]))
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(
+                    [FieldViolation("resume_token", "is not a valid resume token")]
+                ) from exc
+        series = await self.store.find_series(flt, self.max_series)
+        if not series:
+            return
+        groups = [
+            (s.series_id, s.metric_name, group_value(s, group_by, request.group_by_tag_key))
+            for s in series
+        ]
+        if spec.fill_gaps:
+            per_group = (
+                math.ceil((end - start) / timedelta(microseconds=spec.width_us)) + 1
+            )  # the range may straddle one more bucket boundary than it spans
+            distinct = len({(g[1], g[2]) for g in groups})
+            if per_group * distinct > self.max_buckets:
+                raise ResourceExhausted(
+                    f"gap filling could return up to {per_group * distinct} buckets, more than the "
+                    f"server's cap of {self.max_buckets} ({MAX_BUCKETS_LIMIT}): widen the "
+                    "buckets or narrow the range",
+                    limit=MAX_BUCKETS_LIMIT,
+                )
+
+        frames = BucketFrames(
+            query, aggregations, spec.percentiles, self.frame_max_items, self.frame_max_bytes
+        )
+        sent = 0
+        buckets = self.store.stream_buckets(
+            groups,
+            spec,
+            after,
+            self.frame_max_items,
+            use_rollup=self.use_rollup,
+            every_series=flt.matches_everything,
+        )
+        async with aclosing(buckets):
+            async for rows in buckets:
+                exhausted = sent + len(rows) > self.max_buckets
+                if exhausted:
+                    rows = rows[: self.max_buckets - sent]
+                sent += len(rows)
+                for frame in frames.add(rows):
+                    yield frame
+                if exhausted:
+                    if last := frames.flush():
+                        yield last
+                    raise ResourceExhausted(
+                        f"the answer holds more than {self.max_buckets} buckets, the server's "
+                        f"cap per request ({MAX_BUCKETS_LIMIT}): resume with the last frame's "
+                        "token, widen the buckets or narrow the range",
+                        limit=MAX_BUCKETS_LIMIT,
+                    )
+        if last := frames.flush():
+            yield last
+
+    @staticmethod
+    def _aggregate_spec(
+        request: pb.AggregateMetricsRequest, start: datetime, end: datetime
+    ) -> tuple[BucketSpec, frozenset[int], GroupBy]:
+        violations: list[FieldViolation] = []
+        width_us = 0
+        if not request.HasField("bucket_width"):
+            violations.append(FieldViolation("bucket_width", "is required"))
+        else:
+            width = request.bucket_width
+            if width.nanos % 1000:
+                violations.append(FieldViolation("bucket_width", "must be whole microseconds"))
+            width_us = width.seconds * 1_000_000 + width.nanos // 1000
+            if width_us < 1_000_000:
+                violations.append(FieldViolation("bucket_width", "must be at least one second"))
+        aggregations = frozenset(request.aggregations) or DEFAULT_AGGREGATIONS
+        for i, value in enumerate(request.aggregations):
+            if value not in pb.Aggregation.values() or value == pb.AGGREGATION_UNSPECIFIED:
+                violations.append(FieldViolation(f"aggregations[{i}]", "is not an aggregation"))
+        percentiles: tuple[float, ...] = ()
+        if pb.AGGREGATION_PERCENTILES in aggregations:
+            percentiles = tuple(request.percentiles) or DEFAULT_PERCENTILES
+            for i, q in enumerate(request.percentiles):
+                if not 0.0 < q < 1.0:
+                    violations.append(FieldViolation(f"percentiles[{i}]", "must be in (0, 1)"))
+        elif request.percentiles:
+            violations.append(
+                FieldViolation("percentiles", "needs AGGREGATION_PERCENTILES in aggregations")
+            )
+        group_by = GROUP_BY.get(request.group_by)
+        if group_by is None:
+            violations.append(FieldViolation("group_by", "is not a grouping"))
+            group_by = "metric"
+        if group_by == "tag":
+            violations.extend(check_text("group_by_tag_key", request.group_by_tag_key, TEXT_LIMIT))
+            if not request.group_by_tag_key:
+                violations.append(
+                    FieldViolation("group_by_tag_key", "is required for GROUP_BY_TAG")
+                )
+        elif request.group_by_tag_key:
+            violations.append(FieldViolation("group_by_tag_key", "is only for GROUP_BY_TAG"))
+        if violations:
+            raise InvalidArgument(violations)
+        spec = BucketSpec(start, end, width_us, percentiles, request.fill_gaps)
+        return spec, aggregations, group_by

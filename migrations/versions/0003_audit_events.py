@@ -1,7 +1,7 @@
 """Audit log: one row per mutation (who, what, which resource, when, outcome).
 
-Revision ID: 0005
-Revises: 0003
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-22
 """
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0003"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

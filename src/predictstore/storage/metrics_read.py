@@ -1,0 +1,517 @@
+"""Metric reads: series lookup, point reads through a server-side cursor with exact
+resume, and time-bucket aggregations.
+
+Points are ordered by (time, series_id, value). Two stored points can be equal in all
+three (the table has no unique key), so a resume position also counts how many points
+with exactly that key were delivered: the resumed read skips that many and no more.
+
+Aggregations come from raw rows (date_bin in PostgreSQL mode, time_bucket in TimescaleDB
+mode). In TimescaleDB mode, when the bucket width is a whole number of hours and no
+percentile is asked for, they come from the hourly continuous aggregate
+``metric_points_hourly`` for the hours it has materialised (below its watermark) and from
+raw rows for the rest (the not-yet-materialised tail and partial hours at the edges), so
+the answer is the one a raw scan gives. Percentiles always come from raw rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, NamedTuple
+
+import asyncpg
+
+from predictstore.errors import ResourceExhausted
+from predictstore.storage.database import Database
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HOUR_US = 3_600_000_000
+# Bucket origin of both modes: TimescaleDB's default (a Monday at midnight UTC), so hour,
+# day and week buckets line up the same way whichever mode computes them.
+BUCKET_ORIGIN_SQL = "'2000-01-03 00:00:00+00'::timestamptz"
+ROLLUP_VIEW = "metric_points_hourly"
+
+# Aggregations whose answer cannot exceed this many buckets (groups x buckets per group)
+# are fetched in one statement, the rest through a cursor.
+FETCH_ALL_MAX_BUCKETS = 50_000
+
+GroupBy = Literal["metric", "prediction", "user", "tag"]
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def datetime_to_micros(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFilter:
+    """Which series a read covers. Empty tuples and mappings match everything."""
+
+    metric_names: tuple[str, ...] = ()
+    prediction_ids: tuple[str, ...] = ()
+    user_ids: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def matches_everything(self) -> bool:
+        return not (self.metric_names or self.prediction_ids or self.user_ids or self.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    series_id: int
+    metric_name: str
+    prediction_id: str
+    user_id: str
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PointKey:
+    """A position in a point read: the last point delivered, and how many points with
+    exactly this key (time, series, value) were delivered."""
+
+    time_us: int
+    series_id: int
+    value: float
+    repeats: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PointBatch:
+    """Points in column form, as the cursor returned them."""
+
+    times_us: Sequence[int]
+    series_ids: Sequence[int]
+    values: Sequence[float]
+
+    def __len__(self) -> int:
+        return len(self.times_us)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """What AggregateMetrics computes, besides the series."""
+
+    start: datetime
+    end: datetime
+    width_us: int
+    percentiles: tuple[float, ...] = ()
+    fill_gaps: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BucketKey:
+    """A position in an aggregation: the last bucket delivered."""
+
+    metric_name: str
+    group_value: str
+    bucket_us: int
+
+
+class Bucket(NamedTuple):
+    """One time bucket of one group (a tuple: thousands are made per answer)."""
+
+    metric_name: str
+    group_value: str
+    bucket_us: int  # start, in microseconds since the Unix epoch
+    point_count: int
+    sum: float | None
+    min: float | None
+    max: float | None
+    percentiles: Sequence[float] | None = None
+
+    @property
+    def bucket_start(self) -> datetime:
+        return micros_to_datetime(self.bucket_us)
+
+    @property
+    def avg(self) -> float | None:
+        return None if self.sum is None or not self.point_count else self.sum / self.point_count
+
+
+def group_value(series: Series, group_by: GroupBy, tag_key: str = "") -> str:
+    """The value a series is grouped under, besides its metric name."""
+    if group_by == "prediction":
+        return series.prediction_id
+    if group_by == "user":
+        return series.user_id
+    if group_by == "tag":
+        return series.tags.get(tag_key, "")
+    return ""
+
+
+class _Params:
+    """Collects ``$n`` parameters while a statement is put together."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+
+def series_query(flt: SeriesFilter, cap: int) -> tuple[str, list[Any]]:
+    """SELECT_SERIES: the series matching a filter, at most ``cap`` + 1 (to tell when the
+    cap is exceeded). Tag filters use the GIN index through ``@>``."""
+    p = _Params()
+    where: list[str] = []
+    if flt.metric_names:
+        where.append(f"metric_name = ANY({p(list(flt.metric_names))}::text[])")
+    if flt.prediction_ids:
+        where.append(f"prediction_id = ANY({p(list(flt.prediction_ids))}::text[])")
+    if flt.user_ids:
+        where.append(f"user_id = ANY({p(list(flt.user_ids))}::text[])")
+    if flt.tags:
+        where.append(f"tags @> {p(dict(flt.tags))}::jsonb")
+    sql = "SELECT series_id, metric_name, prediction_id, user_id, tags FROM metric_series"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY series_id LIMIT {p(cap + 1)}"
+    return sql, p.args
+
+
+def points_query(
+    series_ids: Sequence[int],
+    start: datetime,
+    end: datetime,
+    *,
+    descending: bool,
+    after: PointKey | None,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """SELECT_POINTS: the points of some series in [start, end), ordered by (time, series,
+    value), from a keyset position on. Time comes back as int8 microseconds since the
+    epoch, computed by the backend, so the service builds no datetime per point."""
+    p = _Params()
+    where = [
+        f"series_id = ANY({p(list(series_ids))}::int4[])",
+        f"time >= {p(start)}",
+        f"time < {p(end)}",
+    ]
+    if after is not None:
+        # re-read the key itself: rows equal to it that were not delivered yet follow it
+        at = micros_to_datetime(after.time_us)
+        op = "<=" if descending else ">="
+        where.append(f"time {op} {p(at)}")
+        where.append(
+            f"(time, series_id, value) {op} ({p(at)}, {p(after.series_id)}, {p(after.value)})"
+        )
+    direction = " DESC" if descending else ""
+    # the inner query sorts; the outer one converts times row by row as they are fetched
+    # (LIMIT / OFFSET 0 keep the planner from converting every row before the sort)
+    bound = f"LIMIT {p(limit)}" if limit is not None else "OFFSET 0"
+    sql = (
+        "SELECT (extract(epoch FROM time) * 1000000)::int8, series_id, value"
+        " FROM (SELECT time, series_id, value FROM metric_points"
+        f" WHERE {' AND '.join(where)}"
+        f" ORDER BY time{direction}, series_id{direction}, value{direction} {bound}) AS p"
+    )
+    return sql, p.args
+
+
+# Reads the watermark of the hourly rollup (hours before it are materialised) and tells
+# whether a write in [$1, min($2, watermark)) waits for a refresh (the rollup would miss
+# it). Times are TimescaleDB's internal ones: microseconds since the Unix epoch; before
+# the first refresh the watermark lies before any datetime Python can hold.
+SELECT_ROLLUP_STATE = f"""
+WITH c AS (
+    SELECT mat_hypertable_id, raw_hypertable_id,
+           _timescaledb_functions.cagg_watermark(mat_hypertable_id) AS watermark
+    FROM _timescaledb_catalog.continuous_agg
+    WHERE user_view_schema = current_schema() AND user_view_name = '{ROLLUP_VIEW}'
+)
+SELECT c.watermark,
+       EXISTS (
+           SELECT 1 FROM _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log l
+           WHERE l.hypertable_id = c.raw_hypertable_id
+             AND l.lowest_modified_value < least($2, c.watermark)
+             AND l.greatest_modified_value >= $1
+       ) OR EXISTS (
+           SELECT 1 FROM _timescaledb_catalog.continuous_aggs_materialization_invalidation_log l
+           WHERE l.materialization_id = c.mat_hypertable_id
+             AND l.lowest_modified_value < least($2, c.watermark)
+             AND l.greatest_modified_value >= $1
+       ) AS pending
+FROM c
+"""
+
+
+def _internal_time(value: datetime) -> int:
+    """TimescaleDB's internal time of a timestamptz: microseconds since the Unix epoch."""
+    return datetime_to_micros(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """Series grouped for an aggregation: the distinct (metric, group value) keys in code
+    point order (COLLATE "C"), and each series' index into them. The database groups and
+    orders by that integer index, never by text."""
+
+    keys: list[tuple[str, str]]
+    series_ids: list[int]
+    indexes: list[int]
+
+    @classmethod
+    def of(cls, groups: Sequence[tuple[int, str, str]]) -> Groups:
+        keys = sorted({(name, value) for _, name, value in groups})
+        index = {key: i for i, key in enumerate(keys)}
+        return cls(keys, [g[0] for g in groups], [index[(g[1], g[2])] for g in groups])
+
+    def position(self, after: BucketKey) -> tuple[int, bool]:
+        """Where ``after``'s group sorts among the keys, and whether it is one of them."""
+        key = (after.metric_name, after.group_value)
+        i = bisect.bisect_left(self.keys, key)
+        return i, i < len(self.keys) and self.keys[i] == key
+
+
+def _bucket(mode: str, width: str, column: str) -> str:
+    if mode == "timescaledb":
+        return f"time_bucket({width}, {column}, {BUCKET_ORIGIN_SQL})"
+    return f"date_bin({width}, {column}, {BUCKET_ORIGIN_SQL})"
+
+
+def aggregate_query(
+    mode: str,
+    groups: Groups,
+    spec: BucketSpec,
+    after: BucketKey | None,
+    rollup: tuple[datetime, datetime] | None = None,
+    *,
+    every_series: bool = False,
+) -> tuple[str, list[Any]]:
+    """AGGREGATE_POINTS: buckets per (group index, bucket start), ordered so, from a
+    keyset position on. ``rollup`` is the hour range [a, b) to take from the hourly
+    continuous aggregate (raw rows cover the rest of the range). ``every_series`` (the
+    filter selects every series) drops the ``series_id = ANY`` test, which costs more per
+    row than it saves then: the join with the groups still keeps only the listed series."""
+    p = _Params()
+    ids = p(groups.series_ids)
+    gids = p(groups.indexes)
+    ctes = [f"g AS (SELECT * FROM unnest({ids}::int4[], {gids}::int4[]) AS g(series_id, gid))"]
+    width = f"{p(timedelta(microseconds=spec.width_us))}::interval"
+    start, end = p(spec.start), p(spec.end)
+    in_series = "true" if every_series else f"series_id = ANY({ids}::int4[])"
+    if rollup is None and spec.percentiles:
+        # percentiles need every value of a group: one level, over raw rows
+        ctes.append(
+            f"agg AS (SELECT g.gid, {_bucket(mode, width, 'pt.time')} AS bucket,"
+            " count(*) AS n, sum(pt.value) AS total, min(pt.value) AS lo, max(pt.value) AS hi,"
+            f" percentile_cont({p(list(spec.percentiles))}::float8[])"
+            " WITHIN GROUP (ORDER BY pt.value) AS pct"
+            " FROM metric_points pt JOIN g USING (series_id)"
+            f" WHERE {in_series} AND pt.time >= {start} AND pt.time < {end}"
+            " GROUP BY 1, 2)"
+        )
+    elif rollup is None:
+        # per series first (integer keys, hashed), then per group: far cheaper than
+        # sorting every row by group
+        ctes.append(
+            f"per_series AS (SELECT series_id, {_bucket(mode, width, 'time')} AS bucket,"
+            " count(*) AS n, sum(value) AS total, min(value) AS lo, max(value) AS hi"
+            f" FROM metric_points WHERE {in_series} AND time >= {start} AND time < {end}"
+            " GROUP BY 1, 2)"
+        )
+        ctes.append(
+            "agg AS (SELECT g.gid, ps.bucket,"
+            " sum(ps.n)::int8 AS n, sum(ps.total) AS total, min(ps.lo) AS lo, max(ps.hi) AS hi,"
+            " NULL::float8[] AS pct FROM per_series ps JOIN g USING (series_id) GROUP BY 1, 2)"
+        )
+    else:
+        a, b = p(rollup[0]), p(rollup[1])
+        raw_hours = (
+            "SELECT series_id, time_bucket(INTERVAL '1 hour', time) AS hour, count(*) AS n,"
+            " sum(value) AS total, min(value) AS lo, max(value) AS hi FROM metric_points"
+            f" WHERE {in_series} AND time >= {{lo}} AND time < {{hi}} GROUP BY 1, 2"
+        )
+        ctes.append(
+            "hourly AS ("
+            "SELECT series_id, bucket AS hour, point_count AS n, value_sum AS total,"
+            f" value_min AS lo, value_max AS hi FROM {ROLLUP_VIEW}"
+            f" WHERE {in_series} AND bucket >= {a} AND bucket < {b}"
+            f" UNION ALL {raw_hours.format(lo=start, hi=a)}"
+            f" UNION ALL {raw_hours.format(lo=b, hi=end)})"
+        )
+        ctes.append(
+            f"agg AS (SELECT g.gid, {_bucket(mode, width, 'h.hour')} AS bucket,"
+            " sum(h.n)::int8 AS n, sum(h.total) AS total, min(h.lo) AS lo, max(h.hi) AS hi,"
+            " NULL::float8[] AS pct FROM hourly h JOIN g USING (series_id) GROUP BY 1, 2)"
+        )
+    if spec.fill_gaps:
+        source = (
+            "(SELECT k.gid, b.bucket, coalesce(a.n, 0) AS n, a.total, a.lo, a.hi, a.pct"
+            f" FROM generate_series(0, {p(len(groups.keys) - 1)}) AS k(gid)"
+            f" CROSS JOIN generate_series({_bucket(mode, width, start)},"
+            f" {end} - INTERVAL '1 microsecond', {width}) AS b(bucket)"
+            " LEFT JOIN agg a ON a.gid = k.gid AND a.bucket = b.bucket) s"
+        )
+    else:
+        source = "agg s"
+    where = ""
+    if after is not None:
+        position, exact = groups.position(after)
+        if exact:
+            at = micros_to_datetime(after.bucket_us)
+            where = f" WHERE (s.gid, s.bucket) > ({p(position)}, {p(at)})"
+        else:  # the group is gone: carry on with the groups after it
+            where = f" WHERE s.gid >= {p(position)}"
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT s.gid,"
+        " (extract(epoch FROM s.bucket) * 1000000)::int8, s.n, s.total, s.lo, s.hi, s.pct"
+        f" FROM {source}{where} ORDER BY s.gid, s.bucket"
+    )
+    return sql, p.args
+
+
+def _row_to_bucket(keys: list[tuple[str, str]], row: asyncpg.Record) -> Bucket:
+    name, value = keys[row[0]]
+    return Bucket(name, value, row[1], row[2], row[3], row[4], row[5], row[6])
+
+
+def _skip_delivered(rows: list[asyncpg.Record], key: PointKey, skip: int) -> tuple[list[Any], int]:
+    """Drop the leading rows equal to ``key`` that an earlier read delivered."""
+    target = (key.time_us, key.series_id, key.value)
+    n = 0
+    while n < len(rows) and n < skip and tuple(rows[n]) == target:
+        n += 1
+    if n < len(rows):  # skipped them all, or fewer are stored now than were delivered
+        return rows[n:], 0
+    return [], skip - n
+
+
+class MetricsReadStore:
+    def __init__(self, db: Database, *, fetch_all_max_buckets: int = FETCH_ALL_MAX_BUCKETS) -> None:
+        self.db = db
+        self.fetch_all_max_buckets = fetch_all_max_buckets
+
+    async def find_series(self, flt: SeriesFilter, max_series: int) -> list[Series]:
+        """The series matching ``flt``; ResourceExhausted when more than ``max_series``."""
+        sql, args = series_query(flt, max_series)
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        if len(rows) > max_series:
+            raise ResourceExhausted(
+                f"the filter matches more than {max_series} series "
+                "(metrics_query_max_series): narrow it",
+                limit="metrics_query_max_series",
+            )
+        return [Series(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def stream_points(
+        self,
+        series_ids: Sequence[int],
+        start: datetime,
+        end: datetime,
+        *,
+        descending: bool,
+        after: PointKey | None,
+        limit: int | None,
+        fetch_size: int,
+    ) -> AsyncGenerator[PointBatch, None]:
+        """The points in order, at most ``fetch_size`` per batch, through a server-side
+        cursor in a read-only transaction: memory stays flat whatever the range. Closing
+        the generator (or cancelling its task) ends the transaction and frees the
+        connection; a cancelled fetch cancels the backend's query."""
+        skip = after.repeats if after is not None else 0
+        sql, args = points_query(
+            series_ids,
+            start,
+            end,
+            descending=descending,
+            after=after,
+            limit=None if limit is None else limit + skip,
+        )
+        async with self.db.connection() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(sql, *args)
+            # one fetch always in flight: the backend produces the next batch while the
+            # caller encodes and sends this one
+            pending = asyncio.ensure_future(cursor.fetch(fetch_size))
+            try:
+                while rows := await pending:
+                    pending = asyncio.ensure_future(cursor.fetch(fetch_size))
+                    if skip and after is not None:
+                        rows, skip = _skip_delivered(rows, after, skip)
+                        if not rows:
+                            continue
+                    times, sids, values = zip(*rows, strict=True)
+                    yield PointBatch(times, sids, values)
+            finally:
+                if not pending.done():
+                    pending.cancel()  # asyncpg cancels the backend's query
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+
+    async def rollup_range(
+        self, spec: BucketSpec, conn: asyncpg.Connection | None = None
+    ) -> tuple[datetime, datetime] | None:
+        """The whole hours of ``spec``'s range the hourly rollup can answer, or None.
+
+        None unless in TimescaleDB mode, the width is whole hours, no percentile is asked,
+        the rollup has materialised some of the range and no write in it awaits a refresh.
+        """
+        if self.db.mode != "timescaledb" or spec.percentiles or spec.width_us % HOUR_US:
+            return None
+        first, last = _ceil_hour(spec.start), _floor_hour(spec.end)
+        if first >= last:
+            return None
+        args = (SELECT_ROLLUP_STATE, _internal_time(first), _internal_time(last))
+        if conn is None:
+            async with self.db.connection() as own:
+                row = await own.fetchrow(*args)
+        else:
+            row = await conn.fetchrow(*args)
+        if row is None or row[1] or row[0] <= _internal_time(first):
+            return None
+        return first, min(last, micros_to_datetime(row[0]))
+
+    async def stream_buckets(
+        self,
+        groups: Sequence[tuple[int, str, str]],
+        spec: BucketSpec,
+        after: BucketKey | None,
+        fetch_size: int,
+        *,
+        use_rollup: bool = True,
+        every_series: bool = False,
+    ) -> AsyncGenerator[list[Bucket], None]:
+        """Buckets ordered by (metric, group value, bucket start), through a cursor."""
+        if not groups:
+            return
+        grouped = Groups.of(groups)
+        per_group = -(
+            -(datetime_to_micros(spec.end) - datetime_to_micros(spec.start)) // spec.width_us
+        )
+        async with self.db.connection() as conn:
+            rollup = await self.rollup_range(spec, conn) if use_rollup else None
+            sql, args = aggregate_query(
+                self.db.mode, grouped, spec, after, rollup, every_series=every_series
+            )
+            if len(grouped.keys) * (per_group + 1) <= self.fetch_all_max_buckets:
+                # a small answer, whatever the data: one statement, which PostgreSQL may
+                # run with parallel workers (never for a cursor); memory bounded by the bound
+                rows = await conn.fetch(sql, *args)
+            else:
+                rows = None
+                async with conn.transaction(readonly=True):
+                    cursor = await conn.cursor(sql, *args)
+                    while batch := await cursor.fetch(fetch_size):
+                        yield [_row_to_bucket(grouped.keys, r) for r in batch]
+        if rows is not None:
+            for i in range(0, len(rows), fetch_size):
+                yield [_row_to_bucket(grouped.keys, r) for r in rows[i : i + fetch_size]]
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return micros_to_datetime(datetime_to_micros(value) // HOUR_US * HOUR_US)
+
+
+def _ceil_hour(value: datetime) -> datetime:
+    return micros_to_datetime(-(-datetime_to_micros(value) // HOUR_US) * HOUR_US)

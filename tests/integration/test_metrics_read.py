@@ -1,0 +1,459 @@
+"""MetricsReadStore against a real PostgreSQL (or TimescaleDB): series lookup, cursor
+reads with exact resume, aggregations equal to a raw SQL computation, the hourly rollup,
+and the plans of the hot queries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from predictstore.errors import ResourceExhausted
+from predictstore.storage.database import Database
+from predictstore.storage.metrics_read import (
+    BucketKey,
+    BucketSpec,
+    MetricsReadStore,
+    PointKey,
+    Series,
+    SeriesFilter,
+    datetime_to_micros,
+    group_value,
+    points_query,
+)
+
+HOUR = timedelta(hours=1)
+# Whole days, a few days back: inside the partitions the migration makes, away from the
+# compression (7 days) and retention (30 days) policies.
+BASE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
+ORIGIN_EPOCH_S = 946_857_600  # 2000-01-03 00:00 UTC, the bucket origin of both modes
+
+SERIES = [
+    {"metric_name": m, "prediction_id": p, "user_id": u, "tags": {"region": r, "model": "a"}}
+    for m in ("latency_ms", "cpu")
+    for p, u, r in (("p1", "u1", "eu"), ("p2", "u1", "us"), ("", "u2", "eu"))
+]
+
+
+async def create_series(db: Database, series: Sequence[dict[str, Any]]) -> list[int]:
+    """Inserts series rows (the write path is not used: it is another module's job)."""
+    ids = []
+    async with db.connection() as conn:
+        for s in series:
+            ids.append(
+                await conn.fetchval(
+                    "INSERT INTO metric_series (metric_name, prediction_id, user_id, tags) "
+                    "VALUES ($1, $2, $3, $4) RETURNING series_id",
+                    s["metric_name"],
+                    s.get("prediction_id", ""),
+                    s.get("user_id", ""),
+                    s.get("tags", {}),
+                )
+            )
+    return ids
+
+
+async def copy_points(
+    db: Database,
+    records: Iterable[tuple[datetime, int, float]],
+    first_day: datetime,
+    last_day: datetime,
+) -> None:
+    """COPYs (time, series_id, value) records; in PostgreSQL mode makes their partitions."""
+    async with db.connection() as conn:
+        if db.mode == "postgresql":
+            await conn.execute(
+                "SELECT predictstore_ensure_metric_partitions($1, $2)",
+                first_day.date(),
+                last_day.date(),
+            )
+        await conn.copy_records_to_table(
+            "metric_points", records=records, columns=["time", "series_id", "value"]
+        )
+
+
+async def pause_rollup_policy(db: Database) -> None:
+    """TimescaleDB mode: stops the rollup's refresh policy, so the test decides what is
+    materialised (the scheduler would otherwise refresh at any moment)."""
+    if db.mode != "timescaledb":
+        return
+    async with db.connection() as conn:
+        await conn.execute(
+            "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_refresh_continuous_aggregate'"
+        )
+        await conn.execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE '%Refresh Continuous%'"
+        )
+
+
+def grid_points(
+    ids: Sequence[int], start: datetime, end: datetime, step: timedelta
+) -> list[tuple[datetime, int, float]]:
+    """A point per series every ``step``, values multiples of 0.25 (sums stay exact)."""
+    points = []
+    t, i = start, 0
+    while t < end:
+        for k, sid in enumerate(ids):
+            points.append((t, sid, ((i * 37 + k * 11) % 101) * 0.25))
+        t += step
+        i += 1
+    return points
+
+
+async def read_all(
+    store: MetricsReadStore,
+    ids: Sequence[int],
+    start: datetime,
+    end: datetime,
+    *,
+    descending: bool = False,
+    after: PointKey | None = None,
+    fetch_size: int = 7,
+) -> list[tuple[int, int, float]]:
+    found: list[tuple[int, int, float]] = []
+    async for batch in store.stream_points(
+        ids, start, end, descending=descending, after=after, limit=None, fetch_size=fetch_size
+    ):
+        assert len(batch) <= fetch_size
+        found.extend(zip(batch.times_us, batch.series_ids, batch.values, strict=True))
+    return found
+
+
+async def test_series_lookup_filters_by_names_ids_and_tags(db: Database) -> None:
+    ids = await create_series(db, SERIES)
+    store = MetricsReadStore(db)
+
+    async def found(**kwargs: Any) -> set[int]:
+        return {s.series_id for s in await store.find_series(SeriesFilter(**kwargs), 100)}
+
+    assert await found() == set(ids)
+    assert await found(metric_names=("cpu",)) == set(ids[3:])
+    assert await found(prediction_ids=("p1", "p2")) == {ids[0], ids[1], ids[3], ids[4]}
+    assert await found(user_ids=("u2",)) == {ids[2], ids[5]}
+    assert await found(tags={"region": "eu"}) == {ids[0], ids[2], ids[3], ids[5]}
+    assert await found(tags={"region": "eu", "model": "a"}, metric_names=("cpu",)) == {
+        ids[3],
+        ids[5],
+    }
+    assert await found(tags={"region": "mars"}) == set()
+
+
+async def test_series_cap_is_resource_exhausted(db: Database) -> None:
+    await create_series(db, SERIES)
+    store = MetricsReadStore(db)
+    assert len(await store.find_series(SeriesFilter(), 6)) == 6
+    with pytest.raises(ResourceExhausted) as caught:
+        await store.find_series(SeriesFilter(), 5)
+    assert caught.value.limit == "metrics_query_max_series"
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_points_come_in_order_and_equal_the_table(db: Database, descending: bool) -> None:
+    ids = await create_series(db, SERIES)
+    await copy_points(db, grid_points(ids, BASE, BASE + 2 * HOUR, timedelta(minutes=5)), BASE, BASE)
+    store = MetricsReadStore(db)
+    start, end = BASE + timedelta(minutes=30), BASE + 2 * HOUR
+    found = await read_all(store, ids[:4], start, end, descending=descending)
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT time, series_id, value FROM metric_points "
+            "WHERE series_id = ANY($1::int4[]) AND time >= $2 AND time < $3",
+            ids[:4],
+            start,
+            end,
+        )
+    expected = sorted(((datetime_to_micros(r[0]), r[1], r[2]) for r in rows), reverse=descending)
+    assert found == expected
+    assert len(found) == 18 * 4
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_resume_at_every_position_has_no_gap_and_no_repeat(
+    db: Database, descending: bool
+) -> None:
+    """Duplicates included: points equal in time and series (with equal or other values)."""
+    ids = await create_series(db, SERIES[:2])
+    t0, t1 = BASE + HOUR, BASE + HOUR + timedelta(seconds=1)
+    records = [
+        (t0, ids[0], 1.0),
+        (t0, ids[0], 1.0),
+        (t0, ids[0], 1.0),
+        (t0, ids[0], 0.5),
+        (t0, ids[1], 1.0),
+        (t1, ids[0], 2.0),
+        (t1, ids[0], 2.0),
+        (t1, ids[1], 3.0),
+    ]
+    await copy_points(db, records, BASE, BASE)
+    store = MetricsReadStore(db)
+    start, end = BASE, BASE + 2 * HOUR
+    full = await read_all(store, ids, start, end, descending=descending)
+    assert len(full) == len(records)
+    for cut in range(1, len(full)):
+        last = full[cut - 1]
+        repeats = 1
+        while repeats < cut and full[cut - 1 - repeats] == last:
+            repeats += 1
+        after = PointKey(last[0], last[1], last[2], repeats)
+        for fetch_size in (1, 2, 100):
+            rest = await read_all(
+                store, ids, start, end, descending=descending, after=after, fetch_size=fetch_size
+            )
+            assert full[:cut] + rest == full, (cut, fetch_size)
+
+
+async def _raw_buckets(
+    db: Database,
+    series: Sequence[Series],
+    group_by: str,
+    tag_key: str,
+    start: datetime,
+    end: datetime,
+    width: timedelta,
+    percentiles: Sequence[float],
+) -> list[tuple[Any, ...]]:
+    """The reference: one plain GROUP BY over raw rows, bucketing by arithmetic on epoch
+    seconds rather than date_bin/time_bucket."""
+    w = width.total_seconds()
+    groups = {s.series_id: (s.metric_name, group_value(s, group_by, tag_key)) for s in series}  # type: ignore[arg-type]
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT series_id, to_timestamp(floor((extract(epoch FROM time) - $4) / $5) * $5 + $4)"
+            " AS bucket, value FROM metric_points"
+            " WHERE series_id = ANY($1::int4[]) AND time >= $2 AND time < $3",
+            list(groups),
+            start,
+            end,
+            ORIGIN_EPOCH_S,
+            w,
+        )
+        by_key: dict[tuple[str, str, datetime], list[float]] = {}
+        for r in rows:
+            by_key.setdefault((*groups[r[0]], r[1]), []).append(r[2])
+        result = []
+        for key in sorted(by_key):
+            values = by_key[key]
+            pct = None
+            if percentiles:
+                pct = tuple(
+                    await conn.fetchval(
+                        "SELECT percentile_cont($1::float8[]) WITHIN GROUP (ORDER BY v)"
+                        " FROM unnest($2::float8[]) AS v",
+                        list(percentiles),
+                        values,
+                    )
+                )
+            result.append((*key, len(values), sum(values), min(values), max(values), pct))
+    return result
+
+
+async def _service_buckets(
+    store: MetricsReadStore,
+    series: Sequence[Series],
+    group_by: str,
+    tag_key: str,
+    spec: BucketSpec,
+    *,
+    use_rollup: bool = True,
+) -> list[tuple[Any, ...]]:
+    groups = [(s.series_id, s.metric_name, group_value(s, group_by, tag_key)) for s in series]  # type: ignore[arg-type]
+    found = []
+    async for rows in store.stream_buckets(groups, spec, None, 5, use_rollup=use_rollup):
+        for b in rows:
+            found.append(
+                (
+                    b.metric_name,
+                    b.group_value,
+                    b.bucket_start,
+                    b.point_count,
+                    b.sum,
+                    b.min,
+                    b.max,
+                    None if b.percentiles is None else tuple(b.percentiles),
+                )
+            )
+    return found
+
+
+@pytest.mark.parametrize(
+    ("group_by", "tag_key", "width", "percentiles"),
+    [
+        ("metric", "", timedelta(hours=1), ()),
+        ("prediction", "", timedelta(minutes=25), (0.5, 0.9, 0.99)),
+        ("user", "", timedelta(seconds=90), ()),
+        ("tag", "region", timedelta(hours=3), (0.25, 0.95)),
+        ("tag", "absent", timedelta(days=1), ()),
+    ],
+)
+async def test_aggregates_equal_a_raw_sql_computation(
+    db: Database, group_by: str, tag_key: str, width: timedelta, percentiles: tuple[float, ...]
+) -> None:
+    ids = await create_series(db, SERIES)
+    end_data = BASE + timedelta(days=1, hours=5)
+    await copy_points(db, grid_points(ids, BASE, end_data, timedelta(minutes=7)), BASE, end_data)
+    store = MetricsReadStore(db)
+    series = await store.find_series(SeriesFilter(), 100)
+    start, end = BASE + timedelta(minutes=13), end_data - timedelta(minutes=31)
+    spec = BucketSpec(start, end, width // timedelta(microseconds=1), percentiles)
+    expected = await _raw_buckets(db, series, group_by, tag_key, start, end, width, percentiles)
+    found = await _service_buckets(store, series, group_by, tag_key, spec)
+    assert found == expected
+    assert len({b[:2] for b in found}) == len({b[:2] for b in expected}) > 0
+
+
+async def test_large_answers_stream_through_a_cursor_with_the_same_result(
+    db: Database,
+) -> None:
+    """Answers that may exceed FETCH_ALL_MAX_BUCKETS go through a cursor; forcing that
+    path (threshold 0) gives the same buckets, also when resumed mid-way."""
+    ids = await create_series(db, SERIES)
+    end_data = BASE + timedelta(hours=10)
+    await copy_points(db, grid_points(ids, BASE, end_data, timedelta(minutes=3)), BASE, BASE)
+    series = await MetricsReadStore(db).find_series(SeriesFilter(), 100)
+    spec = BucketSpec(BASE, end_data, 600_000_000, (0.5,), fill_gaps=True)
+    fetched = await _service_buckets(MetricsReadStore(db), series, "user", "", spec)
+    cursor_store = MetricsReadStore(db, fetch_all_max_buckets=0)
+    streamed = await _service_buckets(cursor_store, series, "user", "", spec)
+    assert streamed == fetched
+    assert len(fetched) == 4 * 60  # (metric, user) groups x 10-minute buckets
+    last = fetched[99]
+    after = BucketKey(last[0], last[1], datetime_to_micros(last[2]))
+    groups = [(s.series_id, s.metric_name, s.user_id) for s in series]
+    rest = [
+        b.point_count
+        async for rows in cursor_store.stream_buckets(groups, spec, after, 7)
+        for b in rows
+    ]
+    assert rest == [b[3] for b in fetched[100:]]
+
+
+async def test_gap_filling_emits_every_bucket_of_every_group(db: Database) -> None:
+    ids = await create_series(db, SERIES[:2])
+    records = [(BASE + timedelta(hours=h, minutes=10), ids[0], float(h)) for h in (1, 4)]
+    await copy_points(db, records, BASE, BASE)
+    store = MetricsReadStore(db)
+    series = await store.find_series(SeriesFilter(), 100)
+    start, end = BASE + timedelta(minutes=30), BASE + timedelta(hours=6)
+    spec = BucketSpec(start, end, 3_600_000_000, (0.5,), fill_gaps=True)
+    found = await _service_buckets(store, series, "prediction", "", spec)
+    hours = [BASE + timedelta(hours=h) for h in range(6)]
+    expected = [("latency_ms", "p1", t, 1 if t in (hours[1], hours[4]) else 0) for t in hours] + [
+        ("latency_ms", "p2", t, 0) for t in hours
+    ]
+    assert [b[:4] for b in found] == expected
+    assert found[1][4:] == (1.0, 1.0, 1.0, (1.0,))
+    assert found[0][4:] == (None, None, None, None)
+
+
+async def test_rollup_answers_equal_raw_answers(db: Database) -> None:
+    """TimescaleDB mode: whole-hour buckets below the watermark come from the hourly
+    continuous aggregate, the tail from raw rows, and the answer equals the raw one; a
+    write below the watermark that awaits a refresh sends the read to raw rows.
+    PostgreSQL mode never uses a rollup."""
+    await pause_rollup_policy(db)
+    ids = await create_series(db, SERIES)
+    end_data = BASE + timedelta(days=2)
+    await copy_points(db, grid_points(ids, BASE, end_data, timedelta(minutes=7)), BASE, end_data)
+    store = MetricsReadStore(db)
+    series = await store.find_series(SeriesFilter(), 100)
+    start, end = BASE + timedelta(minutes=30), end_data
+    spec = BucketSpec(start, end, 3 * 3_600_000_000)
+    watermark = BASE + timedelta(days=1, hours=5)
+    if db.mode == "timescaledb":
+        async with db.connection() as conn:
+            await conn.execute(
+                "CALL refresh_continuous_aggregate('metric_points_hourly', NULL, $1::timestamptz)",
+                watermark,
+            )
+        assert await store.rollup_range(spec) == (BASE + HOUR, watermark)
+    else:
+        assert await store.rollup_range(spec) is None
+
+    for group_by, key in (("metric", ""), ("user", ""), ("tag", "region")):
+        raw = await _service_buckets(store, series, group_by, key, spec, use_rollup=False)
+        assert await _service_buckets(store, series, group_by, key, spec) == raw
+        expected = await _raw_buckets(db, series, group_by, key, start, end, 3 * HOUR, ())
+        assert raw == expected
+
+    # a late write below the watermark: the rollup misses it until the next refresh
+    await copy_points(db, [(BASE + 2 * HOUR, ids[0], 1000.0)], BASE, BASE)
+    assert await store.rollup_range(spec) is None
+    late = await _service_buckets(store, series, "metric", "", spec)
+    expected = await _raw_buckets(db, series, "metric", "", start, end, 3 * HOUR, ())
+    assert late == expected
+    assert any(b[6] == 1000.0 for b in late)
+
+
+async def _plan(db: Database, sql: str, args: Sequence[Any]) -> Any:
+    async with db.connection() as conn:
+        await conn.execute("ANALYZE metric_points")
+        await conn.execute("ANALYZE metric_series")
+        return json.loads(json.dumps(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)))
+
+
+def _nodes(plan: Any) -> list[dict[str, Any]]:
+    found = []
+    stack = [plan[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.get("Plans", []))
+    return found
+
+
+async def test_point_read_uses_the_series_time_index_and_excludes_other_days(
+    db: Database,
+) -> None:
+    ids = await create_series(db, SERIES)
+    first, last = BASE - timedelta(days=2), BASE + timedelta(days=2)
+    await copy_points(db, grid_points(ids, first, last, timedelta(minutes=10)), first, last)
+    start, end = BASE + 2 * HOUR, BASE + 5 * HOUR
+    sql, args = points_query(ids[:1], start, end, descending=False, after=None, limit=None)
+    nodes = _nodes(await _plan(db, sql, args))
+    scans = [n for n in nodes if "Relation Name" in n or "Index Name" in n]
+    assert scans
+    assert all(
+        n["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Bitmap Index Scan")
+        for n in scans
+    ), scans
+    indexes = {n["Index Name"] for n in nodes if "Index Name" in n}
+    assert indexes
+    assert all("series" in name and "time" in name for name in indexes), indexes
+    relations = {n["Relation Name"] for n in nodes if "Relation Name" in n}
+    if db.mode == "postgresql":
+        assert relations == {f"metric_points_p{BASE:%Y%m%d}"}
+    else:
+        async with db.connection() as conn:
+            chunks = await conn.fetch(
+                "SELECT chunk_name FROM timescaledb_information.chunks"
+                " WHERE hypertable_name = 'metric_points'"
+                " AND range_start < $2 AND range_end > $1",
+                start,
+                end,
+            )
+            total = await conn.fetchval(
+                "SELECT count(*) FROM timescaledb_information.chunks"
+                " WHERE hypertable_name = 'metric_points'"
+            )
+        assert total >= 4
+        assert relations == {r[0] for r in chunks}
+        assert len(relations) == 1
+
+
+async def test_resumed_point_read_still_uses_the_index(db: Database) -> None:
+    ids = await create_series(db, SERIES)
+    first, last = BASE - timedelta(days=1), BASE + timedelta(days=1)
+    await copy_points(db, grid_points(ids, first, last, timedelta(minutes=10)), first, last)
+    after = PointKey(datetime_to_micros(BASE + 3 * HOUR), ids[1], 1.0, 1)
+    sql, args = points_query(
+        ids[:3], BASE - 3 * HOUR, BASE + 6 * HOUR, descending=True, after=after, limit=1000
+    )
+    nodes = _nodes(await _plan(db, sql, args))
+    assert not any(n["Node Type"] == "Seq Scan" for n in nodes)
+    relations = {n["Relation Name"] for n in nodes if "Relation Name" in n}
+    assert len(relations) == 2  # the day before BASE and BASE's day, nothing later
