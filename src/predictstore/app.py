@@ -70,9 +70,12 @@ class RunningServer:
     db: Database
     health: HealthReporter
     health_task: asyncio.Task[None]
+    metrics_writer: MetricsWriteHandlers
     # background work (maintenance) cancelled after the server stops; cleanups run last
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    # told first on shutdown, so open write streams commit and end within the grace
+    drains: list[Callable[[], None]] = field(default_factory=list)
 
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING, refuse new calls and let open ones finish, then stop probing.
@@ -81,6 +84,8 @@ class RunningServer:
         """
         log.info("shutting down", extra={"action": "shutdown", "grace_s": grace_s})
         await self.health.shutdown()
+        for drain in self.drains:
+            drain()
         await self.server.stop(grace_s)
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -179,11 +184,14 @@ async def start_server(
     log.info(
         "serving", extra={"action": "serve", "address": address, "port": port, "mode": db.mode}
     )
-    running = RunningServer(server, port, db, reporter, asyncio.create_task(reporter.run()))
+    running = RunningServer(
+        server, port, db, reporter, asyncio.create_task(reporter.run()), metrics_writer
+    )
     if settings.maintenance_interval_s > 0:
         runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s)
         running.tasks.append(asyncio.create_task(runner.run()))
     running.cleanups.append(watch_pool(db.pool))
+    running.drains.append(metrics_writer.drain)
     return running
 
 

@@ -7,6 +7,8 @@ import asyncio
 import io
 import json
 import logging
+import math
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -23,7 +25,6 @@ from predictstore.app import RunningServer, start_server
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
 from predictstore.telemetry import (
-    IngestMetrics,
     JsonFormatter,
     Telemetry,
     TraceContextFilter,
@@ -31,8 +32,10 @@ from predictstore.telemetry import (
     uninstrument_asyncpg,
 )
 from predictstore.v1 import admin_service_pb2 as pb
+from predictstore.v1 import metrics_service_pb2 as mpb
 from predictstore.v1 import prediction_service_pb2 as ppb
 from predictstore.v1.admin_service_pb2_grpc import AdminServiceStub
+from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
 from tests.e2e.test_server import run_grpcurl
 from tests.helpers import free_port
@@ -325,19 +328,31 @@ async def test_prometheus_endpoint_serves_rpc_metrics(
     assert "predictstore_db_query_slow" in body
 
 
-async def test_ingest_instruments_reach_prometheus(
-    telemetry: tuple[Telemetry, InMemorySpanExporter],
+async def test_ingest_metrics_reach_prometheus_after_a_write(
+    telemetry: tuple[Telemetry, InMemorySpanExporter], telemetry_server: RunningServer
 ) -> None:
     installed, _ = telemetry
     assert installed.prometheus_port is not None
-    ingest = IngestMetrics()
-    ingest.flushed(120, 0.004)
-    ingest.rejected_points(3, "not_finite")
+    now_us = time.time_ns() // 1000
+    columns = mpb.PointColumns(
+        series=[mpb.SeriesKey(metric_name="latency_ms")],
+        series_indexes=[0] * 123,
+        time_unix_micros=[now_us - i * 1000 for i in range(123)],
+        values=[float(i) for i in range(120)] + [math.nan] * 3,
+    )
+
+    async def one_message() -> AsyncIterator[mpb.WriteMetricsRequest]:
+        yield mpb.WriteMetricsRequest(columns=columns)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{telemetry_server.port}") as channel:
+        reply = await MetricsServiceStub(channel).WriteMetrics(one_message())
+    assert (reply.accepted_points, reply.rejected_points) == (120, 3)
     body = await asyncio.to_thread(_scrape, installed.prometheus_port)
     accepted = [
         ln for ln in body.splitlines() if ln.startswith("predictstore_metrics_points_accepted")
     ]
     assert accepted, body
     assert float(accepted[0].rsplit(" ", 1)[1]) >= 120
-    assert 'reason="not_finite"' in body
+    assert "predictstore_metrics_points_rejected" in body
     assert "predictstore_metrics_flush_duration_milliseconds_count" in body
+    assert "predictstore_metrics_batch_points" in body

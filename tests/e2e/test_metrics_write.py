@@ -525,3 +525,39 @@ async def test_out_of_range_timestamps_are_rejected_not_fatal(
     ]
     assert reply.accepted_points == 1
     assert await point_count(db) == 1
+
+
+async def test_shutdown_commits_what_open_streams_hold(settings: Settings, db: Database) -> None:
+    # points wait in the server for a flush that, left alone, would come only after a
+    # minute; shutting down must commit them, acknowledge them and end the streams
+    patient = settings.model_copy(
+        update={"metrics_flush_interval_s": 60.0, "metrics_flush_points": 1_000_000}
+    )
+    running = await start_server(patient, db, listen="127.0.0.1:0")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
+        bidi = stub.StreamWriteMetrics()
+        for sequence in (1, 2, 3):
+            await bidi.write(pb.StreamWriteMetricsRequest(sequence=sequence, columns=columns(100)))
+
+        async def client_stream() -> AsyncIterator[pb.WriteMetricsRequest]:
+            yield pb.WriteMetricsRequest(columns=columns(50, metric="queue_depth"))
+            await asyncio.sleep(3600)  # a producer that keeps its stream open
+
+        unary = asyncio.ensure_future(stub.WriteMetrics(client_stream()))
+        for _ in range(200):  # until the server holds all 350 points (bounded: ~20 s)
+            if running.metrics_writer.held_points() == 350:
+                break
+            await asyncio.sleep(0.1)
+        assert running.metrics_writer.held_points() == 350
+        assert await point_count(db) == 0
+
+        await running.stop(10)
+
+        acks = [ack async for ack in bidi]
+        assert acks[-1].committed_through_sequence == 3
+        assert sum(a.accepted_points for a in acks) == 300
+        reply = await unary
+        assert reply.accepted_points == 50
+    assert await point_count(db, "latency_ms") == 300
+    assert await point_count(db, "queue_depth") == 50

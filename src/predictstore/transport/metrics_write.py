@@ -47,6 +47,7 @@ from predictstore.storage.metrics_write import (
     SeriesResolver,
     encode_rows,
 )
+from predictstore.telemetry import IngestMetrics
 from predictstore.v1 import metrics_service_pb2 as pb
 
 MAX_MEMO_SERIES = 1_000_000
@@ -147,6 +148,19 @@ class MetricsWriteHandlers:
         self._wire_ids: dict[bytes, int] = {}
         self._bad: list[tuple[FieldViolation, ...]] = []
         self._bad_codes: dict[tuple[FieldViolation, ...], int] = {}
+        self._streams: set[_Stream] = set()
+        self.telemetry = IngestMetrics()
+
+    def held_points(self) -> int:
+        """Points received by open streams and not committed yet (waiting for a flush)."""
+        return sum(stream.group_points for stream in self._streams)
+
+    def drain(self) -> None:
+        """Shutdown: every open stream stops reading, commits what it holds, sends its
+        last acknowledgement or reply and ends, instead of being cut off at the grace
+        deadline with uncommitted points."""
+        for stream in list(self._streams):
+            stream.stop_reading()
 
     async def write_metrics(
         self,
@@ -414,16 +428,29 @@ class _Stream:
         self.inflight: deque[_Group] = deque()
         self.failure: BaseException | None = None
         self.reader: asyncio.Task[None] | None = None
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD_MESSAGES)
+        self.stopping = False
+
+    def stop_reading(self) -> None:
+        """End the stream after what was already read (see MetricsWriteHandlers.drain)."""
+        self.stopping = True
+        if self.reader is not None:
+            self.reader.cancel()
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(_END)
 
     async def run(
         self, request_iterator: AsyncIterator[Any], sequence_of: Callable[[Any, int], int]
     ) -> None:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD_MESSAGES)
+        queue = self.queue
         reader = self.reader = asyncio.create_task(_read(request_iterator, queue))
+        self.handlers._streams.add(self)
         index = 0
         try:
             while True:
+                if self.stopping and queue.empty():
+                    break
                 try:
                     item = await asyncio.wait_for(queue.get(), self._wait_s(loop.time()))
                 except TimeoutError:
@@ -448,6 +475,7 @@ class _Stream:
             await self._settle()
             self._raise_failure()
         finally:
+            self.handlers._streams.discard(self)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
@@ -494,8 +522,16 @@ class _Stream:
         task.add_done_callback(self._deliver)
 
     async def _commit(self, parts: Sequence[BatchPart]) -> list[Replay | None]:
+        started = time.perf_counter()
         try:
-            return await self.handlers.writer.commit(parts)
+            replays = await self.handlers.writer.commit(parts)
+            stored = [p for p, r in zip(parts, replays, strict=True) if r is None]
+            self.handlers.telemetry.flushed(
+                sum(p.accepted for p in stored), time.perf_counter() - started
+            )
+            if rejected := sum(p.rejected for p in stored):
+                self.handlers.telemetry.rejected_points(rejected, "invalid")
+            return replays
         finally:
             self.handlers.total_slots.release()
             self.slots.release()
