@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from predictstore.storage.database import Database
 from predictstore.v1 import common_pb2
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
@@ -223,3 +225,32 @@ async def test_resume_token_of_another_query_is_invalid(predictions: PredictionS
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "resume_token" in field_violations(caught.value)
+
+
+async def _list_backends(db: Database) -> list[str]:
+    """Other backends of this database still running a ListPredictions query."""
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state <> 'idle'"
+            " AND query LIKE '%FROM predictions%ORDER BY create_time%'"
+        )
+    return [r[0] for r in rows]
+
+
+async def test_a_cancelled_listing_stops_its_query(
+    predictions: PredictionServiceStub, db: Database
+) -> None:
+    items = [prediction(f"c{i:04}") for i in range(1000)]
+    await predictions.BatchCreatePredictions(_messages(items, 500))
+    call = predictions.ListPredictions(pb.ListPredictionsRequest(user_id="u1"))
+    first = await call.read()
+    assert len(first.predictions) == 50
+    assert await _list_backends(db), "the listing should hold its cursor while it streams"
+    call.cancel()
+    for _ in range(100):  # bounded: ~10 s
+        if not await _list_backends(db) and db.pool.get_idle_size() == db.pool.get_size():
+            break
+        await asyncio.sleep(0.1)
+    assert await _list_backends(db) == []
+    assert db.pool.get_idle_size() == db.pool.get_size()
