@@ -7,6 +7,9 @@ a producer emits them). Measured, each on empty tables:
 - raw COPY: asyncpg copy_records_to_table of (time, series_id, value) records straight
   into metric_points, in batches of the service's COPY size, one connection (records
   built before the clock starts: the most favourable baseline);
+- raw binary COPY: the same points as prebuilt binary COPY payloads (the encoding the
+  service uses), only the COPY statements timed: the database's own ceiling on one
+  connection, which copy_records_to_table's per-row Python encoding does not reach;
 - per-row INSERT: one INSERT per point (the seed's naive path) on 20,000 points,
   extrapolated;
 - the service: a real ``predictstore serve`` process, producers sending pre-serialised
@@ -44,6 +47,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from predictstore import migrate
 from predictstore.settings import Settings
+from predictstore.storage.metrics_write import COPY_COLUMNS, copy_payload, encode_rows
 from predictstore.v1 import metrics_service_pb2 as pb
 
 METRICS = 10
@@ -205,6 +209,38 @@ async def raw_copy(url: str, points: Points, batch: int) -> float:
     return len(points) / elapsed
 
 
+async def raw_binary_copy(url: str, points: Points, batch: int) -> float:
+    """The database's own ceiling on one connection: binary COPY payloads built before
+    the clock starts (the same encoding the service uses), only the COPYs timed."""
+    await reset(url)
+    conn = await asyncpg.connect(url)
+    try:
+        ids = await create_series(conn, points)
+        series_ids = ids[points.series_index]
+        payloads = [
+            copy_payload(
+                [
+                    encode_rows(
+                        points.time_us[start : start + batch],
+                        series_ids[start : start + batch],
+                        points.values[start : start + batch],
+                    )
+                ]
+            )
+            for start in range(0, len(points), batch)
+        ]
+        started = time.perf_counter()
+        for payload in payloads:
+            await conn.copy_to_table(
+                "metric_points", source=payload, columns=COPY_COLUMNS, format="binary"
+            )
+        elapsed = time.perf_counter() - started
+        assert await conn.fetchval("SELECT count(*) FROM metric_points") == len(points)
+    finally:
+        await conn.close()
+    return len(points) / elapsed
+
+
 async def per_row_insert(url: str, points: Points) -> float:
     await reset(url)
     count = min(PER_ROW_POINTS, len(points))
@@ -334,6 +370,8 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
 
         raw = await raw_copy(url, points, batch)
         log(f"raw COPY (copy_records_to_table, 1 connection): {raw:,.0f} points/s")
+        binary = await raw_binary_copy(url, points, batch)
+        log(f"raw binary COPY, payloads prebuilt (1 connection): {binary:,.0f} points/s")
         per_row = await per_row_insert(url, points)
         log(f"one INSERT per point ({PER_ROW_POINTS:,} points): {per_row:,.0f} points/s")
         one = await service(url, points, 1, workdir)
@@ -356,6 +394,8 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
         "raw_copy_points_per_s": round(raw),
         "ratio_vs_copy": round(one / raw, 3),
         "ratio_vs_copy_4_streams": round(four / raw, 3),
+        "raw_binary_copy_points_per_s": round(binary),
+        "ratio_vs_binary_copy": round(one / binary, 3),
         "per_row_insert_points_per_s": round(per_row),
         "ratio_vs_per_row": round(one / per_row, 1),
     }
