@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from predictstore.errors import FieldViolation, InvalidArgument
@@ -46,3 +47,18 @@ def decode(token: str, query_fingerprint: str, *, field: str = "resume_token") -
             [FieldViolation(field, "belongs to a request with other filters or order")]
         )
     return key
+
+
+def decode_key(
+    token: str, query_fingerprint: str, *parsers: Callable[[Any], Any]
+) -> tuple[Any, ...]:
+    """The key in ``token``, each part through its parser (e.g. datetime.fromisoformat)."""
+    key = decode(token, query_fingerprint)
+    try:
+        if len(key) != len(parsers):
+            raise ValueError("wrong key length")
+        return tuple(parse(part) for parse, part in zip(parsers, key, strict=True))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            [FieldViolation("resume_token", "is not a valid resume token")]
+        ) from exc

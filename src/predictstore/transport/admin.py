@@ -11,13 +11,12 @@ from google.protobuf import duration_pb2
 
 from predictstore import __version__
 from predictstore.domain import resume
-from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.maintenance import Maintenance
 from predictstore.transport.convert import optional_datetime, to_timestamp
-from predictstore.transport.frames import FrameBuilder
+from predictstore.transport.frames import framed
 from predictstore.v1 import admin_service_pb2 as pb
 from predictstore.v1 import admin_service_pb2_grpc
 
@@ -184,25 +183,20 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         end = given_end or datetime.now(UTC)
         after_id = 0
         if request.resume_token:
-            key = resume.decode(request.resume_token, query)
-            if not key or not isinstance(key[0], int):
-                raise InvalidArgument(
-                    [FieldViolation("resume_token", "is not a valid resume token")]
-                )
-            after_id = key[0]
+            (after_id,) = resume.decode_key(request.resume_token, query, int)
 
         def frame(events: list[pb.AuditEvent]) -> pb.ListAuditEventsResponse:
             token = resume.encode(query, [events[-1].event_id])
             return pb.ListAuditEventsResponse(events=events, resume_token=token)
 
-        builder: FrameBuilder[pb.AuditEvent] = FrameBuilder(
-            self.frame_max_items, self.frame_max_bytes
-        )
-        async for rows in self.audit.stream(start, end, after_id, self.frame_max_items):
-            for events in builder.add(_audit_event(e) for e in rows):
-                yield frame(events)
-        if events := builder.flush():
-            yield frame(events)
+        async for response in framed(
+            self.audit.stream(start, end, after_id, self.frame_max_items),
+            _audit_event,
+            frame,
+            self.frame_max_items,
+            self.frame_max_bytes,
+        ):
+            yield response
 
 
 def _audit_event(e: AuditEvent) -> pb.AuditEvent:

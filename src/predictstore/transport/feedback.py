@@ -22,10 +22,10 @@ from predictstore.domain.feedback import (
     validate_insight_id,
     validate_key,
 )
-from predictstore.errors import FieldViolation, InvalidArgument, NotFound
+from predictstore.errors import InvalidArgument, NotFound
 from predictstore.storage.feedback import FeedbackStore, tie_breaker
 from predictstore.transport.convert import optional_datetime, to_timestamp
-from predictstore.transport.frames import FrameBuilder
+from predictstore.transport.frames import framed
 from predictstore.v1 import feedback_service_pb2 as pb
 from predictstore.v1 import feedback_service_pb2_grpc
 
@@ -91,10 +91,6 @@ def flagged_to_proto(f: FlaggedInsight) -> pb.FlaggedInsight:
             for t in f.flag_types
         ],
     )
-
-
-def _bad_token() -> InvalidArgument:
-    return InvalidArgument([FieldViolation("resume_token", "is not a valid resume token")])
 
 
 class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
@@ -179,11 +175,7 @@ class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
         )
         after = None
         if request.resume_token:
-            key = resume.decode(request.resume_token, query)
-            try:
-                after = (datetime.fromisoformat(key[0]), str(key[1]))
-            except (IndexError, TypeError, ValueError) as exc:
-                raise _bad_token() from exc
+            after = resume.decode_key(request.resume_token, query, datetime.fromisoformat, str)
         tie = tie_breaker(flt)
 
         def frame(items: list[pb.Feedback]) -> pb.ListFeedbackResponse:
@@ -193,14 +185,14 @@ class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
             )
             return pb.ListFeedbackResponse(feedbacks=items, resume_token=token)
 
-        builder: FrameBuilder[pb.Feedback] = FrameBuilder(
-            self.frame_max_items, self.frame_max_bytes
-        )
-        async for rows in self.store.stream(flt, after, self.frame_max_items):
-            for items in builder.add(feedback_to_proto(f) for f in rows):
-                yield frame(items)
-        if items := builder.flush():
-            yield frame(items)
+        async for response in framed(
+            self.store.stream(flt, after, self.frame_max_items),
+            feedback_to_proto,
+            frame,
+            self.frame_max_items,
+            self.frame_max_bytes,
+        ):
+            yield response
 
     async def ListFlaggedInsights(
         self, request: pb.ListFlaggedInsightsRequest, context: grpc.aio.ServicerContext
@@ -211,22 +203,18 @@ class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
         query = resume.fingerprint("flagged_insights", flt.min_flags)
         after = None
         if request.resume_token:
-            key = resume.decode(request.resume_token, query)
-            try:
-                after = (int(key[0]), str(key[1]))
-            except (IndexError, TypeError, ValueError) as exc:
-                raise _bad_token() from exc
+            after = resume.decode_key(request.resume_token, query, int, str)
 
         def frame(items: list[pb.FlaggedInsight]) -> pb.ListFlaggedInsightsResponse:
             last = items[-1]
             token = resume.encode(query, [last.flag_count, last.insight_id])
             return pb.ListFlaggedInsightsResponse(insights=items, resume_token=token)
 
-        builder: FrameBuilder[pb.FlaggedInsight] = FrameBuilder(
-            self.frame_max_items, self.frame_max_bytes
-        )
-        async for rows in self.store.stream_flagged(flt, after, self.frame_max_items):
-            for items in builder.add(flagged_to_proto(f) for f in rows):
-                yield frame(items)
-        if items := builder.flush():
-            yield frame(items)
+        async for response in framed(
+            self.store.stream_flagged(flt, after, self.frame_max_items),
+            flagged_to_proto,
+            frame,
+            self.frame_max_items,
+            self.frame_max_bytes,
+        ):
+            yield response

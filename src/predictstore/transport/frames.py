@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Per-item overhead of a repeated message field on the wire (tag + length varint).
 ITEM_OVERHEAD = 6
@@ -44,3 +46,20 @@ class FrameBuilder(Generic[M]):
     def _take(self) -> list[M]:
         items, self._items, self._bytes = self._items, [], 0
         return items
+
+
+async def framed(
+    batches: AsyncIterator[list[T]],
+    to_proto: Callable[[T], M],
+    frame: Callable[[list[M]], R],
+    max_items: int,
+    max_bytes: int,
+) -> AsyncIterator[R]:
+    """The responses of a streaming read: rows from ``batches`` (a cursor's fetches)
+    converted, grouped into bounded frames, each made a response by ``frame``."""
+    builder: FrameBuilder[M] = FrameBuilder(max_items, max_bytes)
+    async for rows in batches:
+        for items in builder.add(to_proto(row) for row in rows):
+            yield frame(items)
+    if items := builder.flush():
+        yield frame(items)

@@ -24,7 +24,7 @@ from predictstore.transport.convert import (
     prediction_from_proto,
     prediction_to_proto,
 )
-from predictstore.transport.frames import FrameBuilder
+from predictstore.transport.frames import framed
 from predictstore.v1 import common_pb2, prediction_service_pb2_grpc
 from predictstore.v1 import prediction_service_pb2 as pb
 
@@ -169,13 +169,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
         after = None
         if request.resume_token:
-            key = resume.decode(request.resume_token, query)
-            try:
-                after = (datetime.fromisoformat(key[0]), str(key[1]))
-            except (IndexError, TypeError, ValueError) as exc:
-                raise InvalidArgument(
-                    [FieldViolation("resume_token", "is not a valid resume token")]
-                ) from exc
+            after = resume.decode_key(request.resume_token, query, datetime.fromisoformat, str)
 
         def frame(items: list[pb.Prediction]) -> pb.ListPredictionsResponse:
             last = items[-1]
@@ -184,11 +178,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             )
             return pb.ListPredictionsResponse(predictions=items, resume_token=token)
 
-        builder: FrameBuilder[pb.Prediction] = FrameBuilder(
-            self.frame_max_items, self.frame_max_bytes
-        )
-        async for rows in self.store.stream(flt, after, self.frame_max_items):
-            for items in builder.add(prediction_to_proto(p) for p in rows):
-                yield frame(items)
-        if items := builder.flush():
-            yield frame(items)
+        async for response in framed(
+            self.store.stream(flt, after, self.frame_max_items),
+            prediction_to_proto,
+            frame,
+            self.frame_max_items,
+            self.frame_max_bytes,
+        ):
+            yield response
