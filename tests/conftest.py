@@ -181,6 +181,7 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path,
         frame_max_items=50,
         health_check_interval_s=0.2,
+        maintenance_interval_s=0,  # tests run maintenance when they mean to
     )
 
 

@@ -188,7 +188,7 @@ async def start_server(
         server, port, db, reporter, asyncio.create_task(reporter.run()), metrics_writer
     )
     if settings.maintenance_interval_s > 0:
-        runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s)
+        runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s, AuditStore(db))
         running.tasks.append(asyncio.create_task(runner.run()))
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)

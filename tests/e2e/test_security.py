@@ -3,9 +3,11 @@ all through real servers on real ports."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import descriptor_pool
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from predictstore.app import RunningServer, start_server
@@ -25,9 +28,12 @@ from predictstore.settings import ApiKeyConfig, Settings
 from predictstore.storage.database import Database
 from predictstore.transport.auth import required_scope
 from predictstore.v1 import admin_service_pb2 as admin_pb
+from predictstore.v1 import metrics_service_pb2 as mpb
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.admin_service_pb2_grpc import AdminServiceStub
+from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
+from tests.e2e.test_server import run_grpcurl
 from tests.helpers import free_port
 
 SERVICES = ("PredictionService", "MetricsService", "FeedbackService", "AdminService")
@@ -379,3 +385,88 @@ async def test_audit_log_reads_back_through_admin_service(secured: RunningServer
             async for _ in stub.ListAuditEvents(admin_pb.ListAuditEventsRequest(), metadata=writer):
                 pass
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_periodic_maintenance_runs_are_audited(
+    settings: Settings, db: Database, database_url: str
+) -> None:
+    running = await start_server(
+        replace_settings(settings, maintenance_interval_s=3600.0), db, listen="127.0.0.1:0"
+    )
+    try:
+        conn = await asyncpg.connect(database_url)
+        try:
+            for _ in range(100):  # the first run happens at startup (bounded: ~10 s)
+                row = await conn.fetchrow(
+                    "SELECT actor, actor_kind, resource FROM audit_events "
+                    "WHERE action = 'maintenance'"
+                )
+                if row is not None:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+    finally:
+        await running.stop(0)
+    assert row is not None
+    assert tuple(row) == ("predictstore", "service", "storage")
+
+
+async def test_open_streams_per_caller_are_capped(settings: Settings, db: Database) -> None:
+    running = await start_server(
+        replace_settings(settings, api_keys=key_configs(), max_streams_per_caller=2),
+        db,
+        listen="127.0.0.1:0",
+    )
+    writer = (("authorization", f"Bearer {KEYS['writer'][0]}"),)
+    admin = (("authorization", f"Bearer {KEYS['admin'][0]}"),)
+    now_us = time.time_ns() // 1000
+
+    def message(sequence: int) -> mpb.StreamWriteMetricsRequest:
+        return mpb.StreamWriteMetricsRequest(
+            sequence=sequence,
+            points=[
+                mpb.MetricPoint(
+                    time=Timestamp(seconds=now_us // 1_000_000), metric_name="m", value=1.0
+                )
+            ],
+        )
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = MetricsServiceStub(channel)
+            held = [stub.StreamWriteMetrics(metadata=writer) for _ in range(2)]
+            for call in held:  # each stream is open on the server once its ack arrives
+                await call.write(message(1))
+                assert (await call.read()).committed_through_sequence == 1
+            third = stub.StreamWriteMetrics(metadata=writer)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(third.read(), 30)  # refused as it opens
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_streams_per_caller" in (caught.value.details() or "")
+            # another caller is not affected
+            async for _ in AdminServiceStub(channel).ListAuditEvents(
+                admin_pb.ListAuditEventsRequest(), metadata=admin
+            ):
+                pass
+            # a closed stream frees its place
+            await held[0].done_writing()
+            assert await held[0].read() == grpc.aio.EOF
+            fourth = stub.StreamWriteMetrics(metadata=writer)
+            await fourth.write(message(1))
+            assert (await fourth.read()).committed_through_sequence == 1
+            for call in (held[1], fourth):
+                await call.done_writing()
+    finally:
+        await running.stop(0)
+
+
+async def test_reflection_can_require_a_key(settings: Settings, db: Database) -> None:
+    closed = replace_settings(settings, api_keys=key_configs(), reflection_open=False)
+    running = await start_server(closed, db, listen="127.0.0.1:0")
+    try:
+        anonymous = await asyncio.to_thread(run_grpcurl, running.port, "list")
+        assert anonymous.returncode != 0
+        assert "Unauthenticated" in anonymous.stderr
+    finally:
+        await running.stop(0)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -279,16 +280,36 @@ class Maintenance:
 
 
 class MaintenanceRunner:
-    """Runs maintenance at startup and then every ``interval_s``; cancel to stop."""
+    """Runs maintenance at startup and then every ``interval_s``; cancel to stop.
+    ``audit`` records each run that did something (the audit log's "maintenance runs")."""
 
-    def __init__(self, maintenance: Maintenance, interval_s: float) -> None:
+    def __init__(
+        self, maintenance: Maintenance, interval_s: float, audit: AuditStore | None = None
+    ) -> None:
         self.maintenance = maintenance
         self.interval_s = interval_s
+        self.audit = audit
 
     async def run(self) -> None:
         while True:
             try:
-                await self.maintenance.run()
+                report = await self.maintenance.run()
+                if report.ran and self.audit is not None:
+                    await self.audit.record(
+                        AuditEvent(
+                            actor="predictstore",
+                            actor_kind="service",
+                            action="maintenance",
+                            resource="storage",
+                            outcome="OK",
+                            details={
+                                "partitions_created": len(report.partitions_created),
+                                "partitions_dropped": len(report.partitions_dropped),
+                                "rows_deleted": sum(r.rows_deleted for r in report.rows_deleted),
+                                "policies_changed": len(report.policies_changed),
+                            },
+                        )
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:  # logged; the next run tries again
