@@ -58,6 +58,9 @@ def translate_errors() -> Iterator[None]:
         raise Unavailable("the query took too long and was cancelled") from exc
     except _UNAVAILABLE as exc:
         raise Unavailable() from exc
+    except asyncpg.InternalClientError as exc:
+        # a pooled connection left mid-protocol by a server going away: as good as lost
+        raise Unavailable("the database connection broke; retry") from exc
     except asyncpg.InterfaceError as exc:
         if "closed" in str(exc) or "closing" in str(exc):
             raise Unavailable() from exc

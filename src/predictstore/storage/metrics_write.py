@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from predictstore.domain.metrics import SeriesKey, Times, Values
-from predictstore.errors import ResourceExhausted, Unavailable
+from predictstore.errors import ResourceExhausted
 from predictstore.storage.database import Database, translate_errors
 
 log = logging.getLogger(__name__)
@@ -111,16 +110,6 @@ def copy_payload(parts: Sequence[bytes]) -> memoryview:
     return memoryview(b"".join((COPY_HEADER, *parts, COPY_TRAILER)))
 
 
-@contextmanager
-def _broken_is_unavailable() -> Iterator[None]:
-    """A pooled connection left mid-protocol by a server going away (asyncpg's
-    InternalClientError) means the same as a lost connection: retry later."""
-    try:
-        yield
-    except asyncpg.InternalClientError as exc:
-        raise Unavailable("the database connection broke; retry") from exc
-
-
 def _tags_json(key: SeriesKey) -> str:
     return json.dumps(dict(key.tags), separators=(",", ":"), ensure_ascii=False)
 
@@ -164,13 +153,12 @@ class SeriesResolver:
 
     async def _load_or_create(self, keys: list[SeriesKey]) -> None:
         async with self.db.connection() as conn:
-            with _broken_is_unavailable():
-                found = await self._select(conn, keys)
-                absent = [k for k in keys if k not in found]
-                if absent:
-                    await self._check_cap(conn, absent)
-                    await conn.execute(INSERT_SERIES, *_columns(absent))
-                    found.update(await self._select(conn, absent))
+            found = await self._select(conn, keys)
+            absent = [k for k in keys if k not in found]
+            if absent:
+                await self._check_cap(conn, absent)
+                await conn.execute(INSERT_SERIES, *_columns(absent))
+                found.update(await self._select(conn, absent))
         if len(self._cache) + len(found) > MAX_CACHED_SERIES:
             self._cache.clear()
         self._cache.update(found)
@@ -229,24 +217,23 @@ class MetricPointWriter:
         """
         await self._ensure_partitions(set().union(*(p.days for p in parts)))
         async with self.db.connection() as conn:
-            with _broken_is_unavailable():
-                for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
-                    try:
-                        return await self._commit_once(conn, parts)
-                    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-                        if attempt == TRANSACTION_ATTEMPTS:
-                            raise
-                    except asyncpg.CheckViolationError as exc:
-                        # "no partition of relation found for row": the maintenance task
-                        # dropped or has not made a partition we believed in
-                        if self.db.mode != "postgresql" or attempt == TRANSACTION_ATTEMPTS:
-                            raise
-                        log.warning(
-                            "missing partition",
-                            extra={"action": "partition_miss", "error": str(exc)},
-                        )
-                        self._known_days.clear()
-                        await self._ensure_partitions(set().union(*(p.days for p in parts)))
+            for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+                try:
+                    return await self._commit_once(conn, parts)
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                    if attempt == TRANSACTION_ATTEMPTS:
+                        raise
+                except asyncpg.CheckViolationError as exc:
+                    # "no partition of relation found for row": the maintenance task
+                    # dropped or has not made a partition we believed in
+                    if self.db.mode != "postgresql" or attempt == TRANSACTION_ATTEMPTS:
+                        raise
+                    log.warning(
+                        "missing partition",
+                        extra={"action": "partition_miss", "error": str(exc)},
+                    )
+                    self._known_days.clear()
+                    await self._ensure_partitions(set().union(*(p.days for p in parts)))
         raise AssertionError("unreachable")
 
     async def _commit_once(
