@@ -104,13 +104,6 @@ def _filter(request: Any) -> tuple[SeriesFilter, datetime, datetime]:
     return flt, start, end
 
 
-def _token_key(token: str, query: str, size: int) -> list[Any]:
-    key = resume.decode(token, query)
-    if len(key) != size:
-        raise InvalidArgument([FieldViolation("resume_token", "is not a valid resume token")])
-    return key
-
-
 def series_key(series: Series) -> pb.SeriesKey:
     return pb.SeriesKey(
         metric_name=series.metric_name,
@@ -326,13 +319,7 @@ class MetricsReadHandlers:
         )  # fmt: skip
         after = None
         if request.resume_token:
-            key = _token_key(request.resume_token, query, 4)
-            try:
-                after = PointKey(int(key[0]), int(key[1]), float(key[2]), int(key[3]))
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgument(
-                    [FieldViolation("resume_token", "is not a valid resume token")]
-                ) from exc
+            after = PointKey(*resume.decode_key(request.resume_token, query, int, int, float, int))
         series = await self.store.find_series(flt, self.max_series)
         if not series:
             return
@@ -382,13 +369,7 @@ class MetricsReadHandlers:
         )  # fmt: skip
         after = None
         if request.resume_token:
-            key = _token_key(request.resume_token, query, 3)
-            try:
-                after = BucketKey(str(key[0]), str(key[1]), int(key[2]))
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgument(
-                    [FieldViolation("resume_token", "is not a valid resume token")]
-                ) from exc
+            after = BucketKey(*resume.decode_key(request.resume_token, query, str, str, int))
         series = await self.store.find_series(flt, self.max_series)
         if not series:
             return
