@@ -106,6 +106,7 @@ async def start_server(
     policy = auth_policy(settings)
     check_exposure(settings, address, policy)
     credentials = server_credentials(settings)
+    audit = AuditStore(db)
     server = grpc.aio.server(
         # outermost first: tracing, RPC latency, error mapping, who is calling, stream caps
         interceptors=[
@@ -114,7 +115,7 @@ async def start_server(
             ErrorInterceptor(),
             AuthInterceptor(policy),
             StreamLimitInterceptor(settings.max_stream_messages, settings.max_streams_per_caller),
-            AuditInterceptor(AuditStore(db)),
+            AuditInterceptor(audit),
         ],
         options=[
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
@@ -162,7 +163,7 @@ async def start_server(
     feedback_service_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_servicer, server)
     maintenance = Maintenance(db, lifecycle_policy(settings))
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(AdminStore(db), maintenance, AuditStore(db), settings), server
+        AdminServicer(AdminStore(db), maintenance, audit, settings), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -188,7 +189,7 @@ async def start_server(
         server, port, db, reporter, asyncio.create_task(reporter.run()), metrics_writer
     )
     if settings.maintenance_interval_s > 0:
-        runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s, AuditStore(db))
+        runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s, audit)
         running.tasks.append(asyncio.create_task(runner.run()))
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)

@@ -327,10 +327,9 @@ def configure_telemetry(
     Query metrics come from the asyncpg spans, so metrics without a trace exporter still
     get a tracer provider (recording, exporting nowhere).
     """
-    exported = metrics_exporter != "none" or bool(prometheus_listen)
     tracer_provider = configure_tracing(trace_exporter)
     export = configure_metrics(metrics_exporter, prometheus_listen)
-    if exported:
+    if export is not None:
         if tracer_provider is None:
             tracer_provider = TracerProvider(resource=RESOURCE)
             trace.set_tracer_provider(tracer_provider)

@@ -31,6 +31,10 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str
     return "OK" if error is None else "UNKNOWN"
 
 
+# Records one call's duration: (start time, its context, the error it ended with).
+Recorder = Callable[[float, grpc.aio.ServicerContext, BaseException | None], None]
+
+
 class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Records ``rpc.server.duration`` (ms) for every call."""
 
@@ -57,9 +61,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             lambda behavior: _time_stream(behavior, record),
         )
 
-    def _recorder(
-        self, attributes: dict[str, str]
-    ) -> Callable[[float, grpc.aio.ServicerContext, BaseException | None], None]:
+    def _recorder(self, attributes: dict[str, str]) -> Recorder:
         def record(
             started: float, context: grpc.aio.ServicerContext, error: BaseException | None
         ) -> None:
@@ -69,9 +71,6 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
 
         return record
-
-
-Recorder = Callable[[float, grpc.aio.ServicerContext, BaseException | None], None]
 
 
 def _time_unary(behavior: UnaryBehavior, record: Recorder) -> UnaryBehavior:
