@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -72,6 +72,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             typename, schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
         )
+
+
+class Params:
+    """Collects ``$n`` parameters while a statement is put together: ``p(value)`` returns
+    the placeholder, ``p.args`` the values in order. Values never enter the SQL text."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args: list[Any] = list(args)
+
+    def __call__(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from predictstore.domain.feedback import (
     FlaggedFilter,
     FlaggedInsight,
 )
-from predictstore.storage.database import Database, translate_errors
+from predictstore.storage.database import Database, Params, translate_errors
 
 COLUMNS = "insight_id, user_id, rating, comment, flag_type, flag_reason, create_time, update_time"
 
@@ -103,11 +103,7 @@ def tie_breaker(flt: FeedbackFilter) -> str:
 def _list_query(flt: FeedbackFilter, after: tuple[datetime, str] | None) -> tuple[str, list[Any]]:
     """The ListFeedback query, newest first: filters and keyset position as $n only."""
     where: list[str] = []
-    args: list[Any] = []
-
-    def param(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
+    param = Params()
 
     if flt.insight_id:
         where.append(f"insight_id = {param(flt.insight_id)}")
@@ -128,16 +124,12 @@ def _list_query(flt: FeedbackFilter, after: tuple[datetime, str] | None) -> tupl
     sql += f" ORDER BY update_time DESC, {tie} DESC"
     if flt.limit:
         sql += f" LIMIT {param(flt.limit)}"
-    return sql, args
+    return sql, param.args
 
 
 def _flagged_query(flt: FlaggedFilter, after: tuple[int, str] | None) -> tuple[str, list[Any]]:
     """The ListFlaggedInsights query, most flagged first, then by insight_id."""
-    args: list[Any] = [flt.min_flags]
-
-    def param(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
+    param = Params(flt.min_flags)  # $1, used by FLAGGED_INSIGHTS
 
     sql = f"SELECT * FROM ({FLAGGED_INSIGHTS}) AS flagged"
     if after is not None:
@@ -146,7 +138,7 @@ def _flagged_query(flt: FlaggedFilter, after: tuple[int, str] | None) -> tuple[s
     sql += " ORDER BY flag_count DESC, insight_id ASC"
     if flt.limit:
         sql += f" LIMIT {param(flt.limit)}"
-    return sql, args
+    return sql, param.args
 
 
 class FeedbackStore:

@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 import asyncpg
 
 from predictstore.errors import ResourceExhausted
-from predictstore.storage.database import Database
+from predictstore.storage.database import Database, Params
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
@@ -148,21 +148,10 @@ def group_value(series: Series, group_by: GroupBy, tag_key: str = "") -> str:
     return ""
 
 
-class _Params:
-    """Collects ``$n`` parameters while a statement is put together."""
-
-    def __init__(self) -> None:
-        self.args: list[Any] = []
-
-    def __call__(self, value: Any) -> str:
-        self.args.append(value)
-        return f"${len(self.args)}"
-
-
 def series_query(flt: SeriesFilter, cap: int) -> tuple[str, list[Any]]:
     """SELECT_SERIES: the series matching a filter, at most ``cap`` + 1 (to tell when the
     cap is exceeded). Tag filters use the GIN index through ``@>``."""
-    p = _Params()
+    p = Params()
     where: list[str] = []
     if flt.metric_names:
         where.append(f"metric_name = ANY({p(list(flt.metric_names))}::text[])")
@@ -191,7 +180,7 @@ def points_query(
     """SELECT_POINTS: the points of some series in [start, end), ordered by (time, series,
     value), from a keyset position on. Time comes back as int8 microseconds since the
     epoch, computed by the backend, so the service builds no datetime per point."""
-    p = _Params()
+    p = Params()
     where = [
         f"series_id = ANY({p(list(series_ids))}::int4[])",
         f"time >= {p(start)}",
@@ -293,7 +282,7 @@ def aggregate_query(
     continuous aggregate (raw rows cover the rest of the range). ``every_series`` (the
     filter selects every series) drops the ``series_id = ANY`` test, which costs more per
     row than it saves then: the join with the groups still keeps only the listed series."""
-    p = _Params()
+    p = Params()
     ids = p(groups.series_ids)
     gids = p(groups.indexes)
     ctes = [f"g AS (SELECT * FROM unnest({ids}::int4[], {gids}::int4[]) AS g(series_id, gid))"]

@@ -12,7 +12,7 @@ import asyncpg
 
 from predictstore.domain.predictions import Forecast, Prediction, PredictionFilter
 from predictstore.errors import AlreadyExists, Unavailable
-from predictstore.storage.database import Database, translate_errors
+from predictstore.storage.database import Database, Params, translate_errors
 
 COLUMNS = (
     "prediction_id, user_id, context, prediction_type, payload, confidence, forecast_value, "
@@ -103,11 +103,7 @@ def _values(p: Prediction) -> tuple[Any, ...]:
 def _list_query(flt: PredictionFilter, after: tuple[datetime, str] | None) -> tuple[str, list[Any]]:
     """The ListPredictions query: filters and keyset position as $n parameters only."""
     where: list[str] = []
-    args: list[Any] = []
-
-    def param(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
+    param = Params()
 
     for column, value in (
         ("user_id", flt.user_id),
@@ -131,7 +127,7 @@ def _list_query(flt: PredictionFilter, after: tuple[datetime, str] | None) -> tu
     sql += f" ORDER BY create_time {direction}, prediction_id {direction}"
     if flt.limit:
         sql += f" LIMIT {param(flt.limit)}"
-    return sql, args
+    return sql, param.args
 
 
 class PredictionStore:
