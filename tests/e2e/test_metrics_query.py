@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 from predictstore.app import RunningServer, start_server
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
-from predictstore.storage.metrics_read import Bucket, MetricsReadStore, SeriesFilter
+from predictstore.storage.metrics_read import BucketColumns, MetricsReadStore, SeriesFilter
 from predictstore.transport.metrics_read import DEFAULT_AGGREGATIONS, BucketFrames
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
@@ -535,13 +535,19 @@ async def test_grpcurl_queries_points_in_json(db: Database, server: RunningServe
 
 
 def test_aggregate_frames_stay_under_the_byte_cap() -> None:
-    """Frame building alone (no server): long group values close frames on bytes."""
-    buckets = [
-        Bucket("m", f"{i % 7}" * 700, 3_600_000_000 * i, 3, 6.0, 1.0, 3.0, [2.0, 3.0])
-        for i in range(200)
+    """Frame building alone (no server): long group values close frames on bytes, also in
+    the middle of one group's run, and the buckets keep their order."""
+    hour = 3_600_000_000
+    long_run = BucketColumns(
+        "m", "x" * 700, [hour * i for i in range(150)], [3] * 150, [6.0] * 150, [1.0] * 150,
+        [3.0] * 150, [[2.0, 3.0]] * 150,
+    )  # fmt: skip
+    runs = [long_run] + [
+        BucketColumns("m", f"{i % 7}" * 700, [hour * i], [3], [6.0], [1.0], [3.0], [[2.0, 3.0]])
+        for i in range(150, 200)
     ]
     frames = BucketFrames("q", DEFAULT_AGGREGATIONS, (0.5, 0.99), 500, 4096)
-    out = [*frames.add(buckets)]
+    out = [frame for run in runs for frame in frames.add(run)]
     last = frames.flush()
     assert last is not None
     out.append(last)
@@ -551,6 +557,15 @@ def test_aggregate_frames_stay_under_the_byte_cap() -> None:
         3600 * i for i in range(200)
     ]
     assert out[0].buckets[0].avg == 2.0
+    assert [p.value for p in out[-1].buckets[-1].percentiles] == [2.0, 3.0]
+
+
+def test_aggregate_frames_hold_at_most_max_items() -> None:
+    run = BucketColumns("m", "", list(range(0, 10**9, 10**6)), [1] * 1000, [1.0] * 1000,
+                        [1.0] * 1000, [1.0] * 1000)  # fmt: skip
+    frames = BucketFrames("q", DEFAULT_AGGREGATIONS, (), 64, 1 << 20)
+    out = [*frames.add(run), frames.flush()]
+    assert [len(f.buckets) for f in out if f] == [64] * 15 + [40]
 
 
 def _vm_kb(field: str) -> int:

@@ -22,6 +22,7 @@ from predictstore.storage.metrics_read import (
     SeriesFilter,
     datetime_to_micros,
     group_value,
+    micros_to_datetime,
     points_query,
 )
 
@@ -263,18 +264,21 @@ async def _service_buckets(
 ) -> list[tuple[Any, ...]]:
     groups = [(s.series_id, s.metric_name, group_value(s, group_by, tag_key)) for s in series]  # type: ignore[arg-type]
     found = []
-    async for rows in store.stream_buckets(groups, spec, None, 5, use_rollup=use_rollup):
-        for b in rows:
+    async for run in store.stream_buckets(groups, spec, None, 5, use_rollup=use_rollup):
+        pcts = run.percentiles or [None] * len(run)
+        for start_us, count, total, low, high, pct in zip(
+            run.starts_us, run.counts, run.sums, run.mins, run.maxs, pcts, strict=True
+        ):
             found.append(
                 (
-                    b.metric_name,
-                    b.group_value,
-                    b.bucket_start,
-                    b.point_count,
-                    b.sum,
-                    b.min,
-                    b.max,
-                    None if b.percentiles is None else tuple(b.percentiles),
+                    run.metric_name,
+                    run.group_value,
+                    micros_to_datetime(start_us),
+                    count,
+                    total,
+                    low,
+                    high,
+                    None if pct is None or not count else tuple(pct),
                 )
             )
     return found
@@ -325,9 +329,9 @@ async def test_large_answers_stream_through_a_cursor_with_the_same_result(
     after = BucketKey(last[0], last[1], datetime_to_micros(last[2]))
     groups = [(s.series_id, s.metric_name, s.user_id) for s in series]
     rest = [
-        b.point_count
-        async for rows in cursor_store.stream_buckets(groups, spec, after, 7)
-        for b in rows
+        count
+        async for run in cursor_store.stream_buckets(groups, spec, after, 7)
+        for count in run.counts
     ]
     assert rest == [b[3] for b in fetched[100:]]
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import itertools
+import operator
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import asyncpg
 
@@ -116,25 +118,37 @@ class BucketKey:
     bucket_us: int
 
 
-class Bucket(NamedTuple):
-    """One time bucket of one group (a tuple: thousands are made per answer)."""
+@dataclass(frozen=True, slots=True)
+class BucketColumns:
+    """Consecutive time buckets of one group, in bucket order, in column form (an answer
+    holds thousands of buckets: no object per bucket)."""
 
     metric_name: str
     group_value: str
-    bucket_us: int  # start, in microseconds since the Unix epoch
-    point_count: int
-    sum: float | None
-    min: float | None
-    max: float | None
-    percentiles: Sequence[float] | None = None
+    starts_us: Sequence[int]  # bucket starts, in microseconds since the Unix epoch
+    counts: Sequence[int]
+    sums: Sequence[float | None]
+    mins: Sequence[float | None]
+    maxs: Sequence[float | None]
+    # per bucket, when asked (None for a bucket without points)
+    percentiles: Sequence[Sequence[float | None] | None] | None = None
 
-    @property
-    def bucket_start(self) -> datetime:
-        return micros_to_datetime(self.bucket_us)
+    def __len__(self) -> int:
+        return len(self.starts_us)
 
-    @property
-    def avg(self) -> float | None:
-        return None if self.sum is None or not self.point_count else self.sum / self.point_count
+    def head(self, n: int) -> BucketColumns:
+        """The first ``n`` buckets."""
+        pct = None if self.percentiles is None else self.percentiles[:n]
+        return BucketColumns(
+            self.metric_name,
+            self.group_value,
+            self.starts_us[:n],
+            self.counts[:n],
+            self.sums[:n],
+            self.mins[:n],
+            self.maxs[:n],
+            pct,
+        )
 
 
 def group_value(series: Series, group_by: GroupBy, tag_key: str = "") -> str:
@@ -354,15 +368,35 @@ def aggregate_query(
             where = f" WHERE s.gid >= {p(position)}"
     sql = (
         f"WITH {', '.join(ctes)} SELECT s.gid,"
-        " (extract(epoch FROM s.bucket) * 1000000)::int8, s.n, s.total, s.lo, s.hi, s.pct"
-        f" FROM {source}{where} ORDER BY s.gid, s.bucket"
+        " (extract(epoch FROM s.bucket) * 1000000)::int8 AS bucket_us,"
+        " s.n, s.total, s.lo, s.hi, s.pct"
+        f" FROM {source}{where} ORDER BY 1, 2"
     )
     return sql, p.args
 
 
-def _row_to_bucket(keys: list[tuple[str, str]], row: asyncpg.Record) -> Bucket:
-    name, value = keys[row[0]]
-    return Bucket(name, value, row[1], row[2], row[3], row[4], row[5], row[6])
+def by_group_query(sql: str, percentiles: int) -> str:
+    """AGGREGATE_POINTS folded into one row per group, each column an array in bucket
+    order: the driver decodes a few arrays instead of a record per bucket. The rows come
+    sorted by (gid, bucket_us) already, so the arrays cost no second sort."""
+    order = " ORDER BY r.bucket_us"
+    pct = "NULL::float8[]"
+    if percentiles:  # empty buckets (gap filling) have none: NULLs keep the array square
+        pct = f"array_agg(coalesce(r.pct, array_fill(NULL::float8, ARRAY[{percentiles}])){order})"
+    return (
+        f"SELECT r.gid, array_agg(r.bucket_us{order}), array_agg(r.n{order}),"
+        f" array_agg(r.total{order}), array_agg(r.lo{order}), array_agg(r.hi{order}), {pct}"
+        f" FROM ({sql}) AS r(gid, bucket_us, n, total, lo, hi, pct)"
+        " GROUP BY r.gid ORDER BY r.gid"
+    )
+
+
+def _runs(keys: list[tuple[str, str]], rows: Sequence[asyncpg.Record]) -> Iterator[BucketColumns]:
+    """Rows of AGGREGATE_POINTS as one BucketColumns per run of the same group."""
+    for gid, run in itertools.groupby(rows, key=operator.itemgetter(0)):
+        _, starts, counts, sums, mins, maxs, pct = zip(*run, strict=True)
+        name, value = keys[gid]
+        yield BucketColumns(name, value, starts, counts, sums, mins, maxs, pct)
 
 
 def _skip_delivered(rows: list[asyncpg.Record], key: PointKey, skip: int) -> tuple[list[Any], int]:
@@ -470,8 +504,9 @@ class MetricsReadStore:
         *,
         use_rollup: bool = True,
         every_series: bool = False,
-    ) -> AsyncGenerator[list[Bucket], None]:
-        """Buckets ordered by (metric, group value, bucket start), through a cursor."""
+    ) -> AsyncGenerator[BucketColumns, None]:
+        """Buckets ordered by (metric, group value, bucket start), a group's run at a time
+        (at most ``fetch_size`` buckets per run when read through a cursor)."""
         if not groups:
             return
         grouped = Groups.of(groups)
@@ -486,16 +521,17 @@ class MetricsReadStore:
             if len(grouped.keys) * (per_group + 1) <= self.fetch_all_max_buckets:
                 # a small answer, whatever the data: one statement, which PostgreSQL may
                 # run with parallel workers (never for a cursor); memory bounded by the bound
-                rows = await conn.fetch(sql, *args)
+                rows = await conn.fetch(by_group_query(sql, len(spec.percentiles)), *args)
             else:
                 rows = None
                 async with conn.transaction(readonly=True):
                     cursor = await conn.cursor(sql, *args)
                     while batch := await cursor.fetch(fetch_size):
-                        yield [_row_to_bucket(grouped.keys, r) for r in batch]
-        if rows is not None:
-            for i in range(0, len(rows), fetch_size):
-                yield [_row_to_bucket(grouped.keys, r) for r in rows[i : i + fetch_size]]
+                        for run in _runs(grouped.keys, batch):
+                            yield run
+        for gid, starts, counts, sums, mins, maxs, pct in rows or ():
+            name, value = grouped.keys[gid]
+            yield BucketColumns(name, value, starts, counts, sums, mins, maxs, pct)
 
 
 def _floor_hour(value: datetime) -> datetime:

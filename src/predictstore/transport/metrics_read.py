@@ -7,6 +7,7 @@ series it refers to, so any frame stands alone and carries the token to resume a
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
@@ -20,7 +21,7 @@ from predictstore.domain.validation import check_text
 from predictstore.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from predictstore.storage.database import Database
 from predictstore.storage.metrics_read import (
-    Bucket,
+    BucketColumns,
     BucketKey,
     BucketSpec,
     GroupBy,
@@ -204,44 +205,85 @@ class BucketFrames:
         self.max_items = max_items
         self.max_bytes = max_bytes - AGGREGATE_FRAME_OVERHEAD
         self._frame = pb.AggregateMetricsResponse()
+        self._items = self._frame.buckets
         self._count = 0
         self._bytes = 0
-        self._sizes: dict[tuple[str, str], tuple[int, int]] = {}
+        self._group_sizes: dict[tuple[str, str], tuple[int, int]] = {}
 
-    def add(self, buckets: Sequence[Bucket]) -> Iterator[pb.AggregateMetricsResponse]:
-        """Adds buckets; yields every frame that became full."""
-        sizes = self._sizes
-        group: tuple[str, str] | None = None
-        size = token = 0
-        for bucket in buckets:
-            if group is None or bucket[0] is not group[0] or bucket[1] is not group[1]:
-                group = (bucket[0], bucket[1])  # buckets come group by group
-                known = sizes.get(group)
-                if known is None:
-                    # the bucket's bytes, and those of a token that would end on it (which
-                    # names its group: long group values make long tokens)
-                    known = sizes[group] = (
-                        BUCKET_BYTES
-                        + len(group[0].encode())
-                        + len(group[1].encode())
-                        + PERCENTILE_BYTES * len(self.percentiles),
-                        len(resume.encode(self.query, [*group, -(2**62)])) + 3,
-                    )
-                size, token = known
-            if self._count and (
-                self._count >= self.max_items or self._bytes + size + token > self.max_bytes
-            ):
+    def add(self, run: BucketColumns) -> Iterator[pb.AggregateMetricsResponse]:
+        """Adds a run of one group's buckets; yields every frame that became full."""
+        size, token = self._sizes(run.metric_name, run.group_value)
+        i, n = 0, len(run)
+        while i < n:
+            # the group's buckets all have the same size: how many more fit in this frame
+            # (at least one in an empty frame, however large)
+            room = min(self.max_items - self._count, (self.max_bytes - token - self._bytes) // size)
+            if room <= 0 and self._count:
                 yield self._take()
-            self._add(bucket)
-            self._count += 1
-            self._bytes += size
+                continue
+            j = min(n, i + max(room, 1))
+            self._fill(run, i, j)
+            self._count += j - i
+            self._bytes += (j - i) * size
+            i = j
+
+    def _fill(self, run: BucketColumns, i: int, j: int) -> None:
+        """Adds buckets [i, j) of a run to the frame, each built in place with only the
+        fields that differ from their defaults (setting fields one by one measured
+        fastest, and each set costs)."""
+        name, value = run.metric_name, run.group_value
+        want_sum, want_avg, want_min, want_max = self.sum, self.avg, self.min, self.max
+        quantiles = self.percentiles
+        pcts = itertools.repeat(None) if run.percentiles is None else run.percentiles[i:j]
+        add = self._items.add
+        for us, count, total, low, high, pct in zip(
+            run.starts_us[i:j], run.counts[i:j], run.sums[i:j], run.mins[i:j], run.maxs[i:j],
+            pcts, strict=False,
+        ):  # fmt: skip
+            item = add()
+            item.bucket_start_time.seconds, nanos = divmod(us, 1_000_000)
+            if nanos:
+                item.bucket_start_time.nanos = nanos * 1000
+            item.metric_name = name
+            if value:
+                item.group_value = value
+            if not count:
+                continue
+            item.count = count
+            if total is not None:
+                if want_sum:
+                    item.sum = total
+                if want_avg:
+                    item.avg = total / count
+            if want_min and low is not None:
+                item.min = low
+            if want_max and high is not None:
+                item.max = high
+            if pct is not None:
+                for q, v in zip(quantiles, pct, strict=True):
+                    item.percentiles.add(percentile=q, value=v)
 
     def flush(self) -> pb.AggregateMetricsResponse | None:
         """The last, partial frame, if it holds anything."""
         return self._take() if self._count else None
 
+    def _sizes(self, name: str, value: str) -> tuple[int, int]:
+        """Bytes of one of the group's buckets, and of a token that would end on it (which
+        names its group: long group values make long tokens)."""
+        known = self._group_sizes.get((name, value))
+        if known is None:
+            known = self._group_sizes[(name, value)] = (
+                BUCKET_BYTES
+                + len(name.encode())
+                + len(value.encode())
+                + PERCENTILE_BYTES * len(self.percentiles),
+                len(resume.encode(self.query, [name, value, -(2**62)])) + 3,
+            )
+        return known
+
     def _take(self) -> pb.AggregateMetricsResponse:
         frame, self._frame = self._frame, pb.AggregateMetricsResponse()
+        self._items = self._frame.buckets
         self._count = self._bytes = 0
         last = frame.buckets[-1]
         frame.resume_token = resume.encode(
@@ -253,31 +295,6 @@ class BucketFrames:
             ],
         )
         return frame
-
-    def _add(self, bucket: Bucket) -> None:
-        """One bucket, built in place (setting fields one by one measured fastest)."""
-        name, value, us, count, total, low, high, pct = bucket
-        item = self._frame.buckets.add()
-        start = item.bucket_start_time
-        start.seconds = us // 1_000_000
-        start.nanos = us % 1_000_000 * 1000
-        item.metric_name = name
-        item.group_value = value
-        item.count = count
-        if not count:
-            return
-        if total is not None:
-            if self.sum:
-                item.sum = total
-            if self.avg:
-                item.avg = total / count
-        if self.min and low is not None:
-            item.min = low
-        if self.max and high is not None:
-            item.max = high
-        if pct is not None:
-            for q, v in zip(self.percentiles, pct, strict=True):
-                item.percentiles.add(percentile=q, value=v)
 
 
 class MetricsReadHandlers:
@@ -403,12 +420,12 @@ class MetricsReadHandlers:
             every_series=flt.matches_everything,
         )
         async with aclosing(buckets):
-            async for rows in buckets:
-                exhausted = sent + len(rows) > self.max_buckets
+            async for run in buckets:
+                exhausted = sent + len(run) > self.max_buckets
                 if exhausted:
-                    rows = rows[: self.max_buckets - sent]
-                sent += len(rows)
-                for frame in frames.add(rows):
+                    run = run.head(self.max_buckets - sent)
+                sent += len(run)
+                for frame in frames.add(run):
                     yield frame
                 if exhausted:
                     if last := frames.flush():
