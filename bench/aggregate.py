@@ -1,15 +1,18 @@
 """AggregateMetrics against a raw SQL scan: 30 days of points, hourly buckets per metric.
 
-One run, one database, N points loaded by COPY over the last 30 days. Measures (median of
-3 each):
-- raw scan: one GROUP BY over the raw rows (date_bin by the hour, per metric) in SQL;
-- the service: AggregateMetrics over gRPC from a real ``predictstore serve`` process; in
+One run, one database, N points loaded by COPY over the last 30 days. Then ROUNDS rounds,
+each measuring, one after the other (so both sides see the machine in the same state):
+- raw scan: one GROUP BY over the raw rows (date_bin by the hour, per metric) in SQL, two
+  ways one would write it by hand; the faster one is the baseline;
+- the service: SERVICE_CALLS AggregateMetrics calls over gRPC to a real ``predictstore
+  serve`` process, on one channel, as a client that keeps its channel would see them. In
   TimescaleDB mode whole hours below the rollup's watermark come from the hourly
-  continuous aggregate (refreshed here up to two hours ago, as its policy would), the
-  rest from raw rows;
-- TimescaleDB mode: the service again with the rollup turned off
+  continuous aggregate (refreshed here up to two hours ago, the most its policy lets it
+  lag), the rest from raw rows;
+- TimescaleDB mode: one call to a second server with the rollup turned off
   (PREDICTSTORE_METRICS_AGGREGATE_USE_ROLLUP=false).
-Every answer is compared with the raw scan's (counts, sums, minima and maxima).
+Figures are medians over all rounds. Every answer is compared with the raw scan's
+(counts, sums, minima and maxima).
 
 The last printed line is one JSON object with the figures.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -39,7 +43,8 @@ from read import bench_database, free_port, load, log, serve, ts, wait_serving
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 
-ROUNDS = 3
+ROUNDS = 5
+SERVICE_CALLS = 5  # per round
 # the raw scans, two ways one would write them by hand: the planner picks a sort of every
 # row for the first one on some data shapes (then the second is far faster), so the bench
 # takes the faster of the two as the baseline
@@ -96,26 +101,34 @@ async def service(stub: MetricsServiceStub, start: datetime, end: datetime) -> t
     return seconds, answer
 
 
-async def service_runs(
-    url: str, start: datetime, end: datetime, expected: Answer, extra_env: dict[str, str]
+class Server:
+    """A running ``predictstore serve`` process and a channel to it."""
+
+    def __init__(self, url: str, extra_env: dict[str, str]) -> None:
+        self.url = url
+        self.extra_env = extra_env
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> MetricsServiceStub:
+        port = free_port()
+        process = self._stack.enter_context(serve(self.url, port, self.extra_env))
+        channel = await self._stack.enter_async_context(
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        )
+        await wait_serving(channel, process)
+        return MetricsServiceStub(channel)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+
+async def timed_service(
+    stub: MetricsServiceStub, start: datetime, end: datetime, expected: Answer, what: str
 ) -> float:
-    """Median seconds of ROUNDS AggregateMetrics calls (after one untimed call) on one
-    channel to a fresh server process, as a client that keeps its channel would see."""
-    port = free_port()
-    times = []
-    with serve(url, port, extra_env) as process:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await wait_serving(channel, process)
-            stub = MetricsServiceStub(channel)
-            for round_ in range(ROUNDS + 1):
-                seconds, answer = await service(stub, start, end)
-                if answer != expected:
-                    raise SystemExit(
-                        f"the service's answer differs from the raw scan ({extra_env})"
-                    )
-                if round_:
-                    times.append(seconds)
-    return statistics.median(times)
+    seconds, answer = await service(stub, start, end)
+    if answer != expected:
+        raise SystemExit(f"the answer of {what} differs from the raw scan's")
+    return seconds
 
 
 async def main() -> None:
@@ -152,28 +165,50 @@ async def main() -> None:
             finally:
                 await conn.close()
 
-        raw_ms: dict[str, float] = {}
-        expected: Answer = []
-        for name, sql in RAW_SCANS.items():
-            times = []
-            for _ in range(ROUNDS):
-                seconds, answer = await raw_scan(url, sql, start, end)
-                if expected and answer != expected:
-                    raise SystemExit("the two raw scans disagree")
-                expected = answer
-                times.append(seconds)
-            raw_ms[name] = round(statistics.median(times) * 1000, 1)
-            log(f"raw scan {name}: {len(expected)} buckets in {raw_ms[name]:.0f} ms")
+        expected = (await raw_scan(url, RAW_SCANS["by_series_then_metric"], start, end))[1]
+        raw_times: dict[str, list[float]] = {name: [] for name in RAW_SCANS}
+        service_times: list[float] = []
+        no_rollup_times: list[float] = []
+        async with contextlib.AsyncExitStack() as stack:
+            stub = await stack.enter_async_context(Server(url, {}))
+            no_rollup = None
+            if mode == "timescaledb":
+                no_rollup = await stack.enter_async_context(
+                    Server(url, {"PREDICTSTORE_METRICS_AGGREGATE_USE_ROLLUP": "false"})
+                )
+            for server in (stub, no_rollup):  # untimed: first calls warm caches and plans
+                if server is not None:
+                    await timed_service(server, start, end, expected, "a first call")
+            for round_ in range(ROUNDS):
+                for name, sql in RAW_SCANS.items():
+                    seconds, answer = await raw_scan(url, sql, start, end)
+                    if answer != expected:
+                        raise SystemExit("the two raw scans disagree")
+                    raw_times[name].append(seconds)
+                for _ in range(SERVICE_CALLS):
+                    service_times.append(
+                        await timed_service(stub, start, end, expected, "the service")
+                    )
+                if no_rollup is not None:
+                    no_rollup_times.append(
+                        await timed_service(
+                            no_rollup, start, end, expected, "the service without the rollup"
+                        )
+                    )
+                log(
+                    f"round {round_ + 1}: raw scans "
+                    + ", ".join(f"{n} {t[-1] * 1000:.0f} ms" for n, t in raw_times.items())
+                    + f"; service {statistics.median(service_times[-SERVICE_CALLS:]) * 1000:.0f} ms"
+                    + (
+                        f"; without the rollup {no_rollup_times[-1] * 1000:.0f} ms"
+                        if no_rollup_times
+                        else ""
+                    )
+                )
+        raw_ms = {name: round(statistics.median(t) * 1000, 1) for name, t in raw_times.items()}
         raw_s = min(raw_ms.values()) / 1000
-
-        service_s = await service_runs(url, start, end, expected, {})
-        log(f"service: {service_s * 1000:.0f} ms")
-        no_rollup_s = None
-        if mode == "timescaledb":
-            no_rollup_s = await service_runs(
-                url, start, end, expected, {"PREDICTSTORE_METRICS_AGGREGATE_USE_ROLLUP": "false"}
-            )
-            log(f"service without the rollup: {no_rollup_s * 1000:.0f} ms")
+        service_s = statistics.median(service_times)
+        no_rollup_s = statistics.median(no_rollup_times) if no_rollup_times else None
     print(
         json.dumps(
             {
@@ -182,6 +217,7 @@ async def main() -> None:
                 "points": args.points,
                 "series": args.series,
                 "buckets": len(expected),
+                "rounds": ROUNDS,
                 "raw_scan_ms": round(raw_s * 1000, 1),
                 "raw_scans_ms": raw_ms,
                 "service_ms": round(service_s * 1000, 1),
