@@ -73,7 +73,7 @@ class Settings(BaseSettings):
 
     # streaming reads
     frame_max_items: int = Field(
-        default=500, ge=1, description="Most items in one frame of a streaming read."
+        default=2000, ge=1, description="Most items in one frame of a streaming read."
     )
     frame_max_bytes: int = Field(
         default=1 * MiB, ge=4096, description="Most bytes in one frame of a streaming read."
