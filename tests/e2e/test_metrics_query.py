@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
@@ -20,7 +21,7 @@ from grpc_status import rpc_status
 from predictstore.app import RunningServer, start_server
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
-from predictstore.storage.metrics_read import BucketColumns, MetricsReadStore, SeriesFilter
+from predictstore.storage.metrics_read import BucketBatch, MetricsReadStore, SeriesFilter
 from predictstore.transport.metrics_read import DEFAULT_AGGREGATIONS, BucketFrames
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
@@ -534,20 +535,34 @@ async def test_grpcurl_queries_points_in_json(db: Database, server: RunningServe
     assert frame["resume_token"]
 
 
+def _batch(
+    keys: list[tuple[str, str]], groups: list[int], starts_us: list[int], pct: list[float]
+) -> BucketBatch:
+    """Buckets of 3 points each (sum 6, min 1, max 3) with the same percentiles."""
+    n = len(starts_us)
+    return BucketBatch(
+        keys,
+        np.array(groups, dtype=np.int64),
+        np.array(starts_us, dtype=np.int64),
+        np.full(n, 3, dtype=np.int64),
+        np.full(n, 6.0),
+        np.full(n, 1.0),
+        np.full(n, 3.0),
+        np.tile(pct, (n, 1)),
+    )
+
+
 def test_aggregate_frames_stay_under_the_byte_cap() -> None:
     """Frame building alone (no server): long group values close frames on bytes, also in
-    the middle of one group's run, and the buckets keep their order."""
+    the middle of one group's run and across batches, and the buckets keep their order."""
     hour = 3_600_000_000
-    long_run = BucketColumns(
-        "m", "x" * 700, [hour * i for i in range(150)], [3] * 150, [6.0] * 150, [1.0] * 150,
-        [3.0] * 150, [[2.0, 3.0]] * 150,
-    )  # fmt: skip
-    runs = [long_run] + [
-        BucketColumns("m", f"{i % 7}" * 700, [hour * i], [3], [6.0], [1.0], [3.0], [[2.0, 3.0]])
-        for i in range(150, 200)
-    ]
+    keys = [("m", "x" * 700)] + [("m", f"{i}" * 700) for i in range(7)]
+    first = _batch(keys, [0] * 150, [hour * i for i in range(150)], [2.0, 3.0])
+    second = _batch(
+        keys, sorted(1 + i % 7 for i in range(50)), [hour * i for i in range(150, 200)], [2.0, 3.0]
+    )
     frames = BucketFrames("q", DEFAULT_AGGREGATIONS, (0.5, 0.99), 500, 4096)
-    out = [frame for run in runs for frame in frames.add(run)]
+    out = [*frames.add(first), *frames.add(second)]
     last = frames.flush()
     assert last is not None
     out.append(last)
@@ -558,14 +573,15 @@ def test_aggregate_frames_stay_under_the_byte_cap() -> None:
     ]
     assert out[0].buckets[0].avg == 2.0
     assert [p.value for p in out[-1].buckets[-1].percentiles] == [2.0, 3.0]
+    assert [p.percentile for p in out[-1].buckets[-1].percentiles] == [0.5, 0.99]
 
 
 def test_aggregate_frames_hold_at_most_max_items() -> None:
-    run = BucketColumns("m", "", list(range(0, 10**9, 10**6)), [1] * 1000, [1.0] * 1000,
-                        [1.0] * 1000, [1.0] * 1000)  # fmt: skip
+    batch = _batch([("m", "")], [0] * 1000, list(range(0, 10**9, 10**6)), [])
     frames = BucketFrames("q", DEFAULT_AGGREGATIONS, (), 64, 1 << 20)
-    out = [*frames.add(run), frames.flush()]
+    out = [*frames.add(batch), frames.flush()]
     assert [len(f.buckets) for f in out if f] == [64] * 15 + [40]
+    assert [b.bucket_start_time.seconds for f in out if f for b in f.buckets] == list(range(1000))
 
 
 def _vm_kb(field: str) -> int:

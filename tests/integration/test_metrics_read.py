@@ -14,6 +14,7 @@ import pytest
 from predictstore.errors import ResourceExhausted
 from predictstore.storage.database import Database
 from predictstore.storage.metrics_read import (
+    BucketBatch,
     BucketKey,
     BucketSpec,
     MetricsReadStore,
@@ -264,24 +265,30 @@ async def _service_buckets(
 ) -> list[tuple[Any, ...]]:
     groups = [(s.series_id, s.metric_name, group_value(s, group_by, tag_key)) for s in series]  # type: ignore[arg-type]
     found = []
-    async for run in store.stream_buckets(groups, spec, None, 5, use_rollup=use_rollup):
-        pcts = run.percentiles or [None] * len(run)
-        for start_us, count, total, low, high, pct in zip(
-            run.starts_us, run.counts, run.sums, run.mins, run.maxs, pcts, strict=True
-        ):
-            found.append(
-                (
-                    run.metric_name,
-                    run.group_value,
-                    micros_to_datetime(start_us),
-                    count,
-                    total,
-                    low,
-                    high,
-                    None if pct is None or not count else tuple(pct),
-                )
-            )
+    async for batch in store.stream_buckets(groups, spec, None, 5, use_rollup=use_rollup):
+        found.extend(_rows(batch))
     return found
+
+
+def _rows(batch: BucketBatch) -> list[tuple[Any, ...]]:
+    """A batch as (metric, group value, start, count, sum, min, max, percentiles) tuples,
+    with None for what a bucket without points does not have."""
+    rows = []
+    for i in range(len(batch)):
+        count = int(batch.counts[i])
+        stats: tuple[Any, ...] = (None, None, None, None)
+        if count:
+            pct = None if batch.percentiles is None else tuple(batch.percentiles[i].tolist())
+            stats = (float(batch.sums[i]), float(batch.mins[i]), float(batch.maxs[i]), pct)
+        rows.append(
+            (
+                *batch.keys[batch.groups[i]],
+                micros_to_datetime(int(batch.starts_us[i])),
+                count,
+                *stats,
+            )
+        )
+    return rows
 
 
 @pytest.mark.parametrize(
@@ -329,9 +336,9 @@ async def test_large_answers_stream_through_a_cursor_with_the_same_result(
     after = BucketKey(last[0], last[1], datetime_to_micros(last[2]))
     groups = [(s.series_id, s.metric_name, s.user_id) for s in series]
     rest = [
-        count
-        async for run in cursor_store.stream_buckets(groups, spec, after, 7)
-        for count in run.counts
+        int(count)
+        async for batch in cursor_store.stream_buckets(groups, spec, after, 7)
+        for count in batch.counts
     ]
     assert rest == [b[3] for b in fetched[100:]]
 

@@ -3,11 +3,12 @@
 Points go out column-wise: each frame's per-point columns are filled from the cursor's
 batches with ``extend`` (no message object per point), and each frame names only the
 series it refers to, so any frame stands alone and carries the token to resume after it.
+Buckets come from the store in column form too; numpy encodes them straight to
+protobuf's wire format (transport.bucket_wire), and each frame is parsed once, in C.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
@@ -15,13 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
+import numpy as np
 
 from predictstore.domain import resume
 from predictstore.domain.validation import check_text
 from predictstore.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from predictstore.storage.database import Database
 from predictstore.storage.metrics_read import (
-    BucketColumns,
+    BucketBatch,
     BucketKey,
     BucketSpec,
     GroupBy,
@@ -32,6 +34,7 @@ from predictstore.storage.metrics_read import (
     SeriesFilter,
     group_value,
 )
+from predictstore.transport.bucket_wire import encode_buckets
 from predictstore.transport.convert import to_datetime
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
@@ -44,13 +47,8 @@ POINT_BYTES = 21
 SERIES_OVERHEAD = 6
 # Room for the rest of a frame: the resume token and the columns' tags and lengths.
 FRAME_OVERHEAD = 256
-# Upper bound of an AggregateBucket's bytes besides its two strings: the item's tag and
-# length (4), the timestamp (14), the strings' tags and lengths (6), count (11) and four
-# optional doubles (36); and of one PercentileValue (tag, length, two doubles).
-BUCKET_BYTES = 71
 # The frame's own fields besides buckets and token: the token's tag and length.
 AGGREGATE_FRAME_OVERHEAD = 8
-PERCENTILE_BYTES = 21
 DEFAULT_PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 DEFAULT_AGGREGATIONS = frozenset(
     {
@@ -184,9 +182,10 @@ class PointFrames:
 
 
 class BucketFrames:
-    """Fills AggregateMetrics frames in place (no per-bucket message copied into a frame),
-    at most ``max_items`` buckets and about ``max_bytes`` bytes each, every frame with the
-    token that resumes right after its last bucket."""
+    """Cuts AggregateMetrics answers into frames of at most ``max_items`` buckets and
+    ``max_bytes`` bytes, every frame with the token that resumes right after its last
+    bucket. Buckets are encoded by numpy (transport.bucket_wire), so their exact sizes are
+    known before any message exists; a frame's bytes are parsed into a message once."""
 
     def __init__(
         self,
@@ -197,103 +196,66 @@ class BucketFrames:
         max_bytes: int,
     ) -> None:
         self.query = query
-        self.sum = pb.AGGREGATION_SUM in aggregations
-        self.avg = pb.AGGREGATION_AVG in aggregations
-        self.min = pb.AGGREGATION_MIN in aggregations
-        self.max = pb.AGGREGATION_MAX in aggregations
+        self.fields = {
+            "sums": pb.AGGREGATION_SUM in aggregations,
+            "avgs": pb.AGGREGATION_AVG in aggregations,
+            "mins": pb.AGGREGATION_MIN in aggregations,
+            "maxs": pb.AGGREGATION_MAX in aggregations,
+        }
         self.percentiles = percentiles
         self.max_items = max_items
         self.max_bytes = max_bytes - AGGREGATE_FRAME_OVERHEAD
-        self._frame = pb.AggregateMetricsResponse()
-        self._items = self._frame.buckets
+        self._parts: list[bytes] = []
         self._count = 0
         self._bytes = 0
-        self._group_sizes: dict[tuple[str, str], tuple[int, int]] = {}
+        self._last: list[Any] = []  # [metric name, group value, bucket start] of the last
+        self._token_sizes: dict[tuple[str, str], int] = {}
 
-    def add(self, run: BucketColumns) -> Iterator[pb.AggregateMetricsResponse]:
-        """Adds a run of one group's buckets; yields every frame that became full."""
-        size, token = self._sizes(run.metric_name, run.group_value)
-        i, n = 0, len(run)
+    def add(self, batch: BucketBatch) -> Iterator[pb.AggregateMetricsResponse]:
+        """Adds a batch of buckets; yields every frame that became full."""
+        if not len(batch):
+            return
+        encoded = encode_buckets(batch, percentiles=self.percentiles, **self.fields)
+        ends = encoded.ends
+        # room for the token of any group in the batch (it names the group)
+        token = max(self._token_size(batch.keys[g]) for g in np.unique(batch.groups))
+        i, n = 0, len(batch)
         while i < n:
-            # the group's buckets all have the same size: how many more fit in this frame
-            # (at least one in an empty frame, however large)
-            room = min(self.max_items - self._count, (self.max_bytes - token - self._bytes) // size)
-            if room <= 0 and self._count:
-                yield self._take()
-                continue
-            j = min(n, i + max(room, 1))
-            self._fill(run, i, j)
+            base = int(ends[i - 1]) if i else 0
+            room = self.max_bytes - token - self._bytes
+            j = min(
+                int(np.searchsorted(ends, base + room, side="right")),
+                i + self.max_items - self._count,
+            )
+            if j <= i:
+                if self._count:
+                    yield self._take()
+                    continue
+                j = i + 1  # one bucket alone, however large
+            self._parts.append(encoded.data[base : int(ends[j - 1])].tobytes())
             self._count += j - i
-            self._bytes += (j - i) * size
+            self._bytes += int(ends[j - 1]) - base
+            self._last = [*batch.keys[batch.groups[j - 1]], int(batch.starts_us[j - 1])]
             i = j
-
-    def _fill(self, run: BucketColumns, i: int, j: int) -> None:
-        """Adds buckets [i, j) of a run to the frame, each built in place with only the
-        fields that differ from their defaults (setting fields one by one measured
-        fastest, and each set costs)."""
-        name, value = run.metric_name, run.group_value
-        want_sum, want_avg, want_min, want_max = self.sum, self.avg, self.min, self.max
-        quantiles = self.percentiles
-        pcts = itertools.repeat(None) if run.percentiles is None else run.percentiles[i:j]
-        add = self._items.add
-        for us, count, total, low, high, pct in zip(
-            run.starts_us[i:j], run.counts[i:j], run.sums[i:j], run.mins[i:j], run.maxs[i:j],
-            pcts, strict=False,
-        ):  # fmt: skip
-            item = add()
-            item.bucket_start_time.seconds, nanos = divmod(us, 1_000_000)
-            if nanos:
-                item.bucket_start_time.nanos = nanos * 1000
-            item.metric_name = name
-            if value:
-                item.group_value = value
-            if not count:
-                continue
-            item.count = count
-            if total is not None:
-                if want_sum:
-                    item.sum = total
-                if want_avg:
-                    item.avg = total / count
-            if want_min and low is not None:
-                item.min = low
-            if want_max and high is not None:
-                item.max = high
-            if pct is not None:
-                for q, v in zip(quantiles, pct, strict=True):
-                    item.percentiles.add(percentile=q, value=v)
+            if i < n:  # the frame is full
+                yield self._take()
 
     def flush(self) -> pb.AggregateMetricsResponse | None:
         """The last, partial frame, if it holds anything."""
         return self._take() if self._count else None
 
-    def _sizes(self, name: str, value: str) -> tuple[int, int]:
-        """Bytes of one of the group's buckets, and of a token that would end on it (which
-        names its group: long group values make long tokens)."""
-        known = self._group_sizes.get((name, value))
-        if known is None:
-            known = self._group_sizes[(name, value)] = (
-                BUCKET_BYTES
-                + len(name.encode())
-                + len(value.encode())
-                + PERCENTILE_BYTES * len(self.percentiles),
-                len(resume.encode(self.query, [name, value, -(2**62)])) + 3,
-            )
-        return known
+    def _token_size(self, key: tuple[str, str]) -> int:
+        """Most bytes of a token that ends on the group (long group values make long
+        tokens); AGGREGATE_FRAME_OVERHEAD covers its tag and length."""
+        size = self._token_sizes.get(key)
+        if size is None:
+            size = self._token_sizes[key] = len(resume.encode(self.query, [*key, -(2**62)]))
+        return size
 
     def _take(self) -> pb.AggregateMetricsResponse:
-        frame, self._frame = self._frame, pb.AggregateMetricsResponse()
-        self._items = self._frame.buckets
-        self._count = self._bytes = 0
-        last = frame.buckets[-1]
-        frame.resume_token = resume.encode(
-            self.query,
-            [
-                last.metric_name,
-                last.group_value,
-                last.bucket_start_time.seconds * 1_000_000 + last.bucket_start_time.nanos // 1000,
-            ],
-        )
+        frame = pb.AggregateMetricsResponse.FromString(b"".join(self._parts))
+        frame.resume_token = resume.encode(self.query, self._last)
+        self._parts, self._count, self._bytes = [], 0, 0
         return frame
 
 
@@ -306,7 +268,7 @@ class MetricsReadHandlers:
         max_series: int = 10_000,
         max_buckets: int = 1_000_000,
         frame_max_points: int = 10_000,
-        frame_max_items: int = 500,
+        frame_max_items: int = 2000,
         frame_max_bytes: int = 1024 * 1024,
         use_rollup: bool = True,
     ) -> None:
@@ -420,12 +382,12 @@ class MetricsReadHandlers:
             every_series=flt.matches_everything,
         )
         async with aclosing(buckets):
-            async for run in buckets:
-                exhausted = sent + len(run) > self.max_buckets
+            async for batch in buckets:
+                exhausted = sent + len(batch) > self.max_buckets
                 if exhausted:
-                    run = run.head(self.max_buckets - sent)
-                sent += len(run)
-                for frame in frames.add(run):
+                    batch = batch.head(self.max_buckets - sent)
+                sent += len(batch)
+                for frame in frames.add(batch):
                     yield frame
                 if exhausted:
                     if last := frames.flush():
