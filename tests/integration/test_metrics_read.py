@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from predictstore.errors import ResourceExhausted
-from predictstore.storage.database import Database
+from predictstore.storage.database import Database, PoolSettings
 from predictstore.storage.metrics_read import (
     BucketBatch,
     BucketKey,
@@ -359,6 +359,43 @@ async def test_gap_filling_emits_every_bucket_of_every_group(db: Database) -> No
     assert [b[:4] for b in found] == expected
     assert found[1][4:] == (1.0, 1.0, 1.0, (1.0,))
     assert found[0][4:] == (None, None, None, None)
+
+
+async def test_raw_aggregations_keep_plans_made_for_their_range(
+    db: Database, database_url: str
+) -> None:
+    """PostgreSQL may run a prepared statement with a generic plan (by default after five
+    runs). Raw aggregations opt out (CUSTOM_PLANS) for the transaction that runs them:
+    even sessions that default to generic plans plan them for their range, and the
+    session's own setting stays as it was."""
+    ids = await create_series(db, SERIES)
+    await copy_points(db, grid_points(ids, BASE, BASE + 3 * HOUR, timedelta(minutes=5)), BASE, BASE)
+    async with db.connection() as conn:
+        await conn.execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET plan_cache_mode"
+            " = force_generic_plan', current_database()); END $$"
+        )
+    one = await Database.open(database_url, PoolSettings(min_size=1, max_size=1))
+    try:
+        store = MetricsReadStore(one)
+        series = await store.find_series(SeriesFilter(), 100)
+        spec = BucketSpec(BASE, BASE + 3 * HOUR, 3_600_000_000)
+        answers = [
+            await _service_buckets(store, series, "metric", "", spec, use_rollup=False)
+            for _ in range(3)
+        ]
+        assert answers[0]
+        assert answers[1] == answers[2] == answers[0]
+        async with one.connection() as conn:
+            plans = await conn.fetch(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%string_agg(int8send%'"
+                " AND statement NOT LIKE '%pg_prepared_statements%'"
+            )
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+        assert [tuple(p) for p in plans] == [(0, 3)]
+    finally:
+        await one.close()
 
 
 async def test_rollup_answers_equal_raw_answers(db: Database) -> None:
