@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -216,6 +217,22 @@ def pool_settings(settings: Settings) -> PoolSettings:
     )
 
 
+# The streaming paths allocate tens of thousands of short-lived objects per batch (a
+# cursor fetch of 10,000 records, then their columns). At CPython's default thresholds
+# (700, 10, 10) the collector ran every 700 allocations and, as records outlived the
+# youngest generation, kept re-scanning them along with every module object: a 2,000,000
+# point QueryMetrics took 6.9 s instead of 4.1 s on the bench machine. ``serve`` freezes
+# what start-up made (it is never garbage) and collects every 50,000 allocations.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Freeze start-up objects out of garbage collection and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT: the ``predictstore serve`` command."""
     configure_logging(settings.log_level, settings.log_format)
@@ -243,6 +260,7 @@ async def serve(settings: Settings) -> None:
         db = await Database.open(url, pool_settings(settings))
         try:
             running = await start_server(settings, db)
+            tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
