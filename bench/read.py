@@ -1,11 +1,13 @@
 """QueryMetrics against the raw cursor: one run, one database, N points loaded by COPY.
 
-Measures, over the same range and filter:
-- raw baseline: an asyncpg server-side cursor (prefetch 10,000) counting rows: the limit;
+Measures, over the same range and filter, ROUNDS times, one right after the other (so
+both sides see the machine in the same state; the figures are medians):
+- raw baseline: an asyncpg server-side cursor (prefetch 10,000) counting rows: the limit
+  (this process runs with the server's garbage-collector settings, app.tune_gc);
 - the service: QueryMetrics over gRPC from a real ``predictstore serve`` process into a
   client that counts points;
 - the server process's peak RSS growth during the service read (VmHWM after resetting it
-  through /proc/<pid>/clear_refs);
+  through /proc/<pid>/clear_refs; the largest of the rounds);
 - time to the first frame against the raw cursor's first fetch.
 
 The last printed line is one JSON object with the figures.
@@ -22,6 +24,7 @@ import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +40,7 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from predictstore import migrate
+from predictstore.app import tune_gc
 from predictstore.embedded import EmbeddedPostgres
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
@@ -44,6 +48,7 @@ from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 SERIES = 100
 COPY_CHUNK = 100_000
 PREFETCH = 10_000
+ROUNDS = 3
 # the plain query a user would run: every point of the filter's series, oldest first
 RAW_QUERY = (
     "SELECT time, series_id, value FROM metric_points"
@@ -255,6 +260,9 @@ async def main() -> None:
     parser.add_argument("--database-url", help="PostgreSQL server to bench on (default: embedded)")
     parser.add_argument("--points", type=int, default=5_000_000)
     args = parser.parse_args()
+    # the raw cursor runs in this process: give it the collector settings the server
+    # runs with, so that the baseline is the limit and not a slower Python
+    tune_gc()
 
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start, end = now - timedelta(days=6), now - timedelta(hours=1)
@@ -267,19 +275,30 @@ async def main() -> None:
         ids = await load(url, args.points, start, end)
         log(f"loaded in {time.perf_counter() - began:.1f} s")
 
-        raw_count, raw_s, raw_first_s = await raw_cursor(url, ids, start, end)
-        log(f"raw cursor: {raw_count} rows in {raw_s:.2f} s")
-
         port = free_port()
+        raw_runs: list[tuple[int, float, float]] = []
+        service_runs: list[tuple[int, float, float, float, int]] = []
         with serve(url, port) as process:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 await wait_serving(channel, process)
-            count, seconds, first_s, growth_mb, frames = await service_read(
-                port, process.pid, start, end
-            )
-        log(f"service: {count} points in {frames} frames, {seconds:.2f} s")
-    if count != raw_count:
-        raise SystemExit(f"the service returned {count} points, the cursor {raw_count}")
+            for round_ in range(ROUNDS):
+                raw_runs.append(await raw_cursor(url, ids, start, end))
+                service_runs.append(await service_read(port, process.pid, start, end))
+                (raw_count, raw_s, _), (count, seconds, _, _, frames) = (
+                    raw_runs[-1],
+                    service_runs[-1],
+                )
+                log(
+                    f"round {round_ + 1}: raw cursor {raw_count} rows in {raw_s:.2f} s;"
+                    f" service {count} points in {frames} frames, {seconds:.2f} s"
+                )
+                if count != raw_count:
+                    raise SystemExit(f"the service returned {count} points, the cursor {raw_count}")
+    raw_s = statistics.median(r[1] for r in raw_runs)
+    raw_first_s = statistics.median(r[2] for r in raw_runs)
+    seconds = statistics.median(r[1] for r in service_runs)
+    first_s = statistics.median(r[2] for r in service_runs)
+    growth_mb = max(r[3] for r in service_runs)
     service_rate = count / seconds
     raw_rate = raw_count / raw_s
     print(
@@ -289,6 +308,7 @@ async def main() -> None:
                 "mode": mode,
                 "points": count,
                 "frames": frames,
+                "rounds": ROUNDS,
                 "service_points_per_s": round(service_rate),
                 "raw_cursor_points_per_s": round(raw_rate),
                 "ratio_vs_cursor": round(service_rate / raw_rate, 3),
