@@ -419,7 +419,7 @@ def _unpack(keys: Sequence[tuple[str, str]], rows: Sequence[asyncpg.Record]) -> 
     """The rows of ``packed_query`` as one batch."""
     lengths = np.array([len(r[1]) // 8 for r in rows], dtype=np.int64)
 
-    def column(k: int, dtype: str) -> Any:
+    def column(k: int, dtype: str) -> npt.NDArray[Any]:
         return np.frombuffer(b"".join(r[k] for r in rows), dtype=dtype).astype(dtype[1:])
 
     width = len(rows[0]) - 6

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from predictstore.storage.metrics_read import BucketBatch
+from predictstore.storage.metrics_read import BucketBatch, Floats, Ints
 
 VARINT, I64, LEN = 0, 1, 2
 
@@ -44,7 +44,6 @@ PERCENTILE, PERCENTILE_VALUE = _tag(1, I64), _tag(2, I64)
 # A PercentileValue in the repeated field: tag, length (18), then two tagged doubles.
 PERCENTILE_BYTES = 20
 
-Int64s = npt.NDArray[np.int64]
 Bytes = npt.NDArray[np.uint8]
 
 
@@ -58,7 +57,7 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _varint_sizes(values: Int64s) -> Int64s:
+def _varint_sizes(values: Ints) -> Ints:
     """Bytes of each value as a varint; negative ones take ten (two's complement)."""
     unsigned = values.astype(np.uint64)
     sizes = np.ones(len(values), dtype=np.int64)
@@ -67,7 +66,7 @@ def _varint_sizes(values: Int64s) -> Int64s:
     return sizes
 
 
-def _put_varints(buf: Bytes, at: Int64s, values: Int64s, sizes: Int64s) -> None:
+def _put_varints(buf: Bytes, at: Ints, values: Ints, sizes: Ints) -> None:
     unsigned = values.astype(np.uint64)
     for k in range(int(sizes.max(initial=0))):
         more = sizes > k
@@ -76,7 +75,7 @@ def _put_varints(buf: Bytes, at: Int64s, values: Int64s, sizes: Int64s) -> None:
         buf[at[more] + k] = byte
 
 
-def _put_double(buf: Bytes, at: Int64s, tag: int, values: npt.NDArray[np.float64]) -> None:
+def _put_double(buf: Bytes, at: Ints, tag: int, values: Floats) -> None:
     buf[at] = tag
     raw = np.ascontiguousarray(values, dtype="<f8").view(np.uint8).reshape(-1, 8)
     buf[(at + 1)[:, None] + np.arange(8)] = raw
@@ -88,7 +87,7 @@ class EncodedBuckets:
     holds them all, bucket i ends at ``ends[i]``."""
 
     data: Bytes
-    ends: Int64s
+    ends: Ints
 
 
 def encode_buckets(

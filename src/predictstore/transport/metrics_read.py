@@ -208,7 +208,8 @@ class BucketFrames:
         self._parts: list[bytes] = []
         self._count = 0
         self._bytes = 0
-        self._last: list[Any] = []  # [metric name, group value, bucket start] of the last
+        # [metric name, group value, bucket start] of the last bucket added
+        self._last: list[Any] = []
         self._token_sizes: dict[tuple[str, str], int] = {}
 
     def add(self, batch: BucketBatch) -> Iterator[pb.AggregateMetricsResponse]:
