@@ -40,6 +40,7 @@ from google.protobuf import duration_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from read import bench_database, free_port, load, log, serve, ts, wait_serving
 
+from predictstore.storage.database import read_storage_mode
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 
@@ -150,7 +151,7 @@ async def main() -> None:
     start, end = now - timedelta(days=30) + timedelta(hours=2), now
     async with bench_database(args.database_url) as url:
         conn = await asyncpg.connect(url)
-        mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key = 'storage_mode'")
+        mode = await read_storage_mode(conn)
         await conn.close()
         log(f"loading {args.points} points over 30 days ({mode} mode)")
         began = time.perf_counter()

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,15 +37,18 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from read import free_port, with_database
+
 from predictstore import migrate
 from predictstore.settings import Settings
+from predictstore.storage.database import read_storage_mode
 from predictstore.storage.metrics_write import COPY_COLUMNS, copy_payload, encode_rows
 from predictstore.v1 import metrics_service_pb2 as pb
 
@@ -61,17 +63,6 @@ WRITE_METHOD = "/predictstore.v1.MetricsService/WriteMetrics"
 
 def log(text: str) -> None:
     print(text, flush=True)
-
-
-def with_database(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + database))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- the points ---------------------------------------------------------------------
@@ -154,7 +145,7 @@ async def reset(url: str) -> None:
 async def prepare_partitions(url: str, points: Points) -> None:
     conn = await asyncpg.connect(url)
     try:
-        mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key='storage_mode'")
+        mode = await read_storage_mode(conn)
         if mode == "postgresql":
             first, last = points.days()
             await conn.fetchval(
@@ -361,7 +352,7 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
     try:
         await asyncio.to_thread(migrate.upgrade, url)
         conn = await asyncpg.connect(url)
-        mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key='storage_mode'")
+        mode = await read_storage_mode(conn)
         await conn.close()
         batch = Settings(_env_file=None).metrics_flush_points
         log(f"storage mode {mode}; {count:,} points; COPY batch {batch:,} points")

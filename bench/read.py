@@ -42,6 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from predictstore import migrate
 from predictstore.app import tune_gc
 from predictstore.embedded import EmbeddedPostgres
+from predictstore.storage.database import read_storage_mode
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 
@@ -118,7 +119,7 @@ async def load(
             )
             for i in range(series)
         ]
-        mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key = 'storage_mode'")
+        mode = await read_storage_mode(conn)
         if mode == "postgresql":
             await conn.execute(
                 "SELECT predictstore_ensure_metric_partitions($1, $2)", start.date(), end.date()
@@ -268,7 +269,7 @@ async def main() -> None:
     start, end = now - timedelta(days=6), now - timedelta(hours=1)
     async with bench_database(args.database_url) as url:
         conn = await asyncpg.connect(url)
-        mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key = 'storage_mode'")
+        mode = await read_storage_mode(conn)
         await conn.close()
         log(f"loading {args.points} points ({mode} mode)")
         began = time.perf_counter()

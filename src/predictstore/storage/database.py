@@ -157,10 +157,11 @@ class Database:
 SELECT_STORAGE_MODE = "SELECT value FROM predictstore_meta WHERE key = 'storage_mode'"
 
 
-async def read_storage_mode(pool: asyncpg.Pool) -> StorageMode:
+async def read_storage_mode(db: asyncpg.Pool | asyncpg.Connection) -> StorageMode:
+    """The storage mode the migrations chose, read through a pool or one connection."""
     with translate_errors():
         try:
-            value = await pool.fetchval(SELECT_STORAGE_MODE)
+            value = await db.fetchval(SELECT_STORAGE_MODE)
         except asyncpg.UndefinedTableError as exc:
             raise Unavailable(
                 "the database has no predictstore schema: run `predictstore migrate`"
