@@ -168,3 +168,49 @@ async def test_database_outage_is_unavailable_then_recovers(
         await _wait_for_status(health, health_pb2.HealthCheckResponse.SERVING)
         got = await predictions.GetPrediction(pb.GetPredictionRequest(prediction_id="o1"))
         assert got.prediction.user_id == "u"
+
+
+async def test_health_watch_streams_status_changes(
+    channel: grpc.aio.Channel, server: RunningServer
+) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    call = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    first = await call.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    await server.health.set_all(False)
+    second = await call.read()
+    assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    call.cancel()
+
+
+async def test_grpcurl_health_watch_streams_status_changes(server: RunningServer) -> None:
+    process = await asyncio.create_subprocess_exec(
+        grpcurl(),
+        "-plaintext",
+        "-max-time",
+        "10",
+        "-d",
+        '{"service": ""}',
+        f"127.0.0.1:{server.port}",
+        "grpc.health.v1.Health/Watch",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+
+    async def next_status() -> str:
+        while True:
+            line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+            assert line, (await process.stderr.read()).decode() if process.stderr else ""
+            if '"status"' in line:
+                seen.append(line.split(":")[1].strip().strip('"'))
+                return seen[-1]
+
+    try:
+        assert await next_status() == "SERVING"
+        await server.health.set_all(False)
+        assert await next_status() == "NOT_SERVING"
+    finally:
+        process.kill()
+        await process.wait()

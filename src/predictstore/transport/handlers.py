@@ -1,8 +1,17 @@
 """Rewrapping grpc.aio method handlers: the one way our interceptors get at each call's
-context, its requests and its outcome, whatever the RPC's streaming shape."""
+context, its requests and its outcome, whatever the RPC's streaming shape.
+
+grpc.aio accepts two kinds of response-streaming behavior: an async generator that yields
+responses, and a coroutine that writes them with ``context.write`` (grpc's own
+Health/Watch is one). Interceptors (ours and OpenTelemetry's, which wraps the result of
+ours) only handle the generator kind, so a writing coroutine is adapted into a generator
+that yields nothing while the coroutine writes for itself; grpc.aio lets a generator
+handler write too.
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,6 +21,8 @@ import grpc
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 # A behavior with a response stream: (request or request iterator, context) -> responses.
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+# A response-streaming behavior that writes its responses with context.write.
+WritingBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
 
 
 def rewrap(
@@ -31,5 +42,28 @@ def rewrap(
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **codecs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **codecs)
-    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **codecs)
+        return grpc.unary_stream_rpc_method_handler(
+            _streaming(handler.unary_stream, stream), **codecs
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        _streaming(handler.stream_stream, stream), **codecs
+    )
+
+
+def _streaming(behavior: Any, stream: Callable[[StreamBehavior], StreamBehavior]) -> StreamBehavior:
+    """``stream(behavior)``, a writing coroutine first made a generator (see the module
+    docstring)."""
+    if inspect.iscoroutinefunction(behavior):
+        return stream(_yielding(behavior))
+    return stream(behavior)
+
+
+def _yielding(behavior: WritingBehavior) -> StreamBehavior:
+    """A writing coroutine as a generator that yields nothing (it writes for itself)."""
+
+    async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await behavior(request, context)
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    return generator
