@@ -470,3 +470,43 @@ async def test_reflection_can_require_a_key(settings: Settings, db: Database) ->
         assert "Unauthenticated" in anonymous.stderr
     finally:
         await running.stop(0)
+
+
+async def test_without_auth_each_connection_has_its_own_stream_cap(
+    settings: Settings, db: Database
+) -> None:
+    running = await start_server(
+        replace_settings(settings, max_streams_per_caller=2), db, listen="127.0.0.1:0"
+    )
+    now_us = time.time_ns() // 1000
+    message = mpb.StreamWriteMetricsRequest(
+        sequence=1,
+        points=[
+            mpb.MetricPoint(time=Timestamp(seconds=now_us // 1_000_000), metric_name="m", value=1)
+        ],
+    )
+    # a local subchannel pool: otherwise grpc shares one connection between the channels
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    target = f"127.0.0.1:{running.port}"
+    try:
+        async with (
+            grpc.aio.insecure_channel(target, options=own_connection) as channel_a,
+            grpc.aio.insecure_channel(target, options=own_connection) as channel_b,
+        ):
+            a, b = MetricsServiceStub(channel_a), MetricsServiceStub(channel_b)
+            held = [a.StreamWriteMetrics() for _ in range(2)]
+            for call in held:
+                await call.write(message)
+                assert (await call.read()).committed_through_sequence == 1
+            third = a.StreamWriteMetrics()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(third.read(), 30)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # client B, another connection from the same host, still gets its streams
+            other = b.StreamWriteMetrics()
+            await other.write(message)
+            assert (await asyncio.wait_for(other.read(), 30)).committed_through_sequence == 1
+            for call in (*held, other):
+                await call.done_writing()
+    finally:
+        await running.stop(0)

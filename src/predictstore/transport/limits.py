@@ -31,14 +31,30 @@ async def _capped(requests: AsyncIterator[Any], limit: int) -> AsyncIterator[Any
         yield request
 
 
+def stream_owner(context: grpc.aio.ServicerContext) -> str:
+    """Whom ``max_streams_per_caller`` counts a stream against.
+
+    An identified caller (API key or client certificate) is counted by name, across all
+    its connections. An anonymous one (auth off) is counted by its connection: the peer
+    address with its port (``ipv4:127.0.0.1:53122``), not the host alone, since without
+    auth the connection is what tells apart two clients on one machine or behind one
+    NAT. A client can open more connections to get more streams; capping a host would
+    instead let one client lock out every other client on that host.
+    """
+    caller = current_caller.get()
+    if caller.kind != "anonymous":
+        return f"{caller.kind}:{caller.name}"
+    return f"peer:{context.peer()}"
+
+
 class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, max_stream_messages: int, max_streams_per_caller: int) -> None:
         self.max_stream_messages = max_stream_messages
         self.max_streams_per_caller = max_streams_per_caller
         self.open_streams: Counter[str] = Counter()
 
-    def _enter(self) -> str:
-        caller = current_caller.get().name
+    def _enter(self, context: grpc.aio.ServicerContext) -> str:
+        caller = stream_owner(context)
         if self.open_streams[caller] >= self.max_streams_per_caller:
             raise ResourceExhausted(
                 f"caller {caller!r} already has {self.max_streams_per_caller} streams open "
@@ -66,7 +82,7 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                caller = self._enter()
+                caller = self._enter(context)
                 try:
                     return await behavior(_capped(request, cap), context)
                 finally:
@@ -78,7 +94,7 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def wrapper(
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                caller = self._enter()
+                caller = self._enter(context)
                 try:
                     requests = _capped(request, cap) if client_streams else request
                     async for response in behavior(requests, context):
