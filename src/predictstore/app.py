@@ -214,6 +214,7 @@ def pool_settings(settings: Settings) -> PoolSettings:
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         statement_timeout_ms=settings.statement_timeout_ms,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
     )
 
 

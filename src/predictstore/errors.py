@@ -55,6 +55,15 @@ class ResourceExhausted(PredictstoreError):
         super().__init__(message)
 
 
+class DeadlineExceeded(PredictstoreError):
+    """The query ran longer than the statement timeout allows; retrying it as it is will
+    not help: narrow it (a shorter range, a smaller limit)."""
+
+    def __init__(self, message: str | None = None, *, limit: str = "") -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
 class Unavailable(PredictstoreError):
     """The database is unavailable; retry later."""
 

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     statement_timeout_ms: int = Field(
         default=60_000, ge=0, description="Per-statement timeout; 0 disables it."
     )
+    pool_acquire_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a call waits for a free pooled connection before it is "
+        "answered UNAVAILABLE (retry).",
+    )
 
     # the gRPC server
     listen: str = Field(default="127.0.0.1:50051", description="HOST:PORT to serve on.")

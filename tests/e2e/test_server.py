@@ -214,3 +214,63 @@ async def test_grpcurl_health_watch_streams_status_changes(server: RunningServer
     finally:
         process.kill()
         await process.wait()
+
+
+@pytest.fixture
+async def tight_server(
+    settings: Settings, database_url: str
+) -> AsyncIterator[tuple[Database, RunningServer]]:
+    """A server over a two-connection pool with a 300 ms statement timeout and a 0.5 s
+    bound on waiting for a connection."""
+    db = await Database.open(
+        database_url,
+        PoolSettings(min_size=2, max_size=2, statement_timeout_ms=300, acquire_timeout_s=0.5),
+    )
+    running = await start_server(settings, db, listen="127.0.0.1:0")
+    try:
+        yield db, running
+    finally:
+        await running.stop(0)
+        await db.close(timeout_s=2)
+
+
+async def test_statement_timeout_is_deadline_exceeded_without_retry_hint(
+    tight_server: tuple[Database, RunningServer], database_url: str
+) -> None:
+    _, running = tight_server
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await PredictionServiceStub(channel).GetPrediction(
+                        pb.GetPredictionRequest(prediction_id="p"), timeout=20
+                    )
+    finally:
+        await locker.close()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "statement_timeout_ms" in (caught.value.details() or "")
+    assert retry_delay_s(caught.value) is None
+
+
+async def test_exhausted_pool_is_unavailable_with_retry_hint_within_the_bound(
+    tight_server: tuple[Database, RunningServer],
+) -> None:
+    db, running = tight_server
+    held = [await db.pool.acquire() for _ in range(2)]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await PredictionServiceStub(channel).GetPrediction(
+                    pb.GetPredictionRequest(prediction_id="p"), timeout=20
+                )
+            waited = asyncio.get_running_loop().time() - started
+    finally:
+        for conn in held:
+            await db.pool.release(conn)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "pool_acquire_timeout_s" in (caught.value.details() or "")
+    assert retry_delay_s(caught.value) is not None
+    assert waited < 5

@@ -14,6 +14,7 @@ import asyncpg
 
 from predictstore.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FieldViolation,
     InvalidArgument,
     PredictstoreError,
@@ -55,7 +56,12 @@ def translate_errors() -> Iterator[None]:
             [FieldViolation("request", "holds a value the database rejects")]
         ) from exc
     except asyncpg.QueryCanceledError as exc:
-        raise Unavailable("the query took too long and was cancelled") from exc
+        # statement_timeout (or a cancel request): the same query would only time out again
+        raise DeadlineExceeded(
+            "the query ran longer than the statement timeout (statement_timeout_ms) and was "
+            "cancelled; narrow it rather than retry it",
+            limit="statement_timeout_ms",
+        ) from exc
     except _UNAVAILABLE as exc:
         raise Unavailable() from exc
     except asyncpg.InternalClientError as exc:
@@ -91,6 +97,8 @@ class PoolSettings:
     min_size: int = 2
     max_size: int = 10
     statement_timeout_ms: int = 60_000
+    # how long a call waits for a free connection before it is answered UNAVAILABLE
+    acquire_timeout_s: float = 5.0
 
 
 async def create_pool(url: str, settings: PoolSettings) -> asyncpg.Pool:
@@ -114,9 +122,12 @@ async def create_pool(url: str, settings: PoolSettings) -> asyncpg.Pool:
 class Database:
     """The pool plus what every store needs to know about the database."""
 
-    def __init__(self, pool: asyncpg.Pool, mode: StorageMode) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, mode: StorageMode, acquire_timeout_s: float = 5.0
+    ) -> None:
         self.pool = pool
         self.mode = mode
+        self.acquire_timeout_s = acquire_timeout_s
 
     @classmethod
     async def open(cls, url: str, settings: PoolSettings) -> Database:
@@ -126,14 +137,28 @@ class Database:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, mode)
+        return cls(pool, mode, settings.acquire_timeout_s)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; errors raised inside come out as domain errors."""
+        """A pooled connection; errors raised inside come out as domain errors.
+
+        Waiting for a free connection is bounded by ``acquire_timeout_s``: with the pool
+        held by slow queries a call is answered UNAVAILABLE (retry) at once instead of
+        waiting out its own deadline, and the health probe does not queue behind them.
+        """
         with translate_errors():
-            async with self.pool.acquire() as conn:
-                yield conn
+            try:
+                acquired = await self.pool.acquire(timeout=self.acquire_timeout_s)
+            except TimeoutError as exc:
+                raise Unavailable(
+                    f"no database connection became free within {self.acquire_timeout_s:g} s "
+                    "(pool_acquire_timeout_s): the server is busy; retry"
+                ) from exc
+            try:
+                yield acquired
+            finally:
+                await self.pool.release(acquired)
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True when a query round trip works within ``timeout_s``."""

@@ -1,7 +1,9 @@
 """One interceptor that turns exceptions into gRPC statuses with rich details.
 
 Domain errors map to their codes with google.rpc details (BadRequest for field
-violations, RetryInfo on UNAVAILABLE, ErrorInfo naming the reason). Anything else is
+violations, RetryInfo on UNAVAILABLE and only there, ErrorInfo naming the reason and the
+limit reached). A statement timeout is DEADLINE_EXCEEDED without a retry hint: the same
+query would time out again. Anything else is
 logged once with its traceback and answered INTERNAL with no internals in the message.
 """
 
@@ -17,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from predictstore.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -42,6 +45,11 @@ _CODES: dict[type[PredictstoreError], tuple[grpc.StatusCode, int, str]] = {
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         code_pb2.RESOURCE_EXHAUSTED,
         "LIMIT_EXCEEDED",
+    ),
+    DeadlineExceeded: (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        code_pb2.DEADLINE_EXCEEDED,
+        "STATEMENT_TIMEOUT",
     ),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
 }
@@ -79,7 +87,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Sta
             delay = duration_pb2.Duration()
             delay.FromMilliseconds(int(exc.retry_after_s * 1000))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        elif isinstance(exc, ResourceExhausted) and exc.limit:
+        elif isinstance(exc, ResourceExhausted | DeadlineExceeded) and exc.limit:
             details[0] = _pack(
                 error_details_pb2.ErrorInfo(
                     reason=reason, domain=DOMAIN, metadata={"limit": exc.limit}
