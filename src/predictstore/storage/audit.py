@@ -37,20 +37,43 @@ class AuditEvent:
     event_time: datetime | None = None
 
 
+def storable(value: Any) -> Any:
+    """``value`` with every NUL character written ``\\x00``: PostgreSQL text and jsonb
+    cannot hold NUL, and a request rejected for one (an id with a NUL in it) must still
+    be audited."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
+def _decoded(details: Any) -> dict[str, Any]:
+    """Stored details as a dict; rows written before the double encoding was fixed hold a
+    JSON string inside the jsonb."""
+    if isinstance(details, str):
+        details = json.loads(details)
+    return details if isinstance(details, dict) else {}
+
+
 class AuditStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def record(self, event: AuditEvent) -> None:
         async with self.db.connection() as conn:
+            # details go as a dict: the pool's jsonb codec encodes it (json.dumps here
+            # would store a JSON string inside the jsonb)
             await conn.execute(
                 INSERT_EVENT,
-                event.actor,
-                event.actor_kind,
-                event.action,
-                event.resource,
-                event.outcome,
-                json.dumps(event.details),
+                storable(event.actor),
+                storable(event.actor_kind),
+                storable(event.action),
+                storable(event.resource),
+                storable(event.outcome),
+                storable(event.details),
             )
 
     async def stream(
@@ -68,7 +91,7 @@ class AuditStore:
                             action=r["action"],
                             resource=r["resource"],
                             outcome=r["outcome"],
-                            details=r["details"],
+                            details=_decoded(r["details"]),
                             event_id=r["event_id"],
                             event_time=r["event_time"],
                         )

@@ -2,8 +2,9 @@
 per point), written after the call ends, with the caller from the auth interceptor.
 
 The event is written after the mutation commits, on its own: if the audit insert fails
-(the database went away in between) the failure is logged and the caller still gets
-its answer.
+(the database went away in between) the caller still gets its answer, and the failure
+is logged in one line once per outage (then counted, and the count logged when audit
+writes work again).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def _counts(message: Any, into: dict[str, Any]) -> None:
 class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, store: AuditStore) -> None:
         self.store = store
+        # events lost since the current run of audit failures began (0: audit works)
+        self.lost_events = 0
 
     async def _record(
         self, method: str, resource: str, outcome: str, details: dict[str, Any]
@@ -85,8 +88,27 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         try:
             await self.store.record(event)
-        except Exception:
-            log.exception("audit write failed", extra={"action": "audit_failed", "method": method})
+        except Exception as exc:
+            # once per outage, one line: a traceback per call would flood the log exactly
+            # when the database is down and every call fails the same way
+            if self.lost_events == 0:
+                log.warning(
+                    "audit write failed; further failures are counted until one succeeds",
+                    extra={
+                        "action": "audit_failed",
+                        "method": method,
+                        "error": type(exc).__name__,
+                        "reason": str(exc)[:200],
+                    },
+                )
+            self.lost_events += 1
+            return
+        if self.lost_events:
+            log.warning(
+                "audit writes work again",
+                extra={"action": "audit_recovered", "lost_events": self.lost_events},
+            )
+            self.lost_events = 0
 
     async def intercept_service(
         self,
