@@ -43,6 +43,8 @@ RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}
 )
 MAX_REJECTIONS_KEPT = 1000
+# how long close() waits for the stream to end cleanly once everything is acknowledged
+CLEAN_END_TIMEOUT_S = 5.0
 
 
 class WriterClosed(RuntimeError):
@@ -236,6 +238,10 @@ class MetricsWriter:
         finally:
             self._closing = True
             self._wake.set()
+            if self._runner is not None and self._failure is None:
+                # let the stream end cleanly (half-close, final acks, OK) rather than be
+                # cancelled: a cancelled call is audited and counted as CANCELLED
+                await asyncio.wait({self._runner}, timeout=CLEAN_END_TIMEOUT_S)
             for task in (self._ticker, self._runner):
                 if task is not None:
                     task.cancel()
@@ -319,6 +325,10 @@ class MetricsWriter:
                         except asyncio.InvalidStateError:
                             raise await _ended(call) from None
                         sent = sequence
+                if self._closing and not self._unacked:
+                    await call.done_writing()
+                    await reader  # to the end of the stream: the server ends it OK
+                    return
                 waker = asyncio.create_task(self._wake.wait())
                 try:
                     await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
