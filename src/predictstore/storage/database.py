@@ -56,7 +56,9 @@ def translate_errors() -> Iterator[None]:
             [FieldViolation("request", "holds a value the database rejects")]
         ) from exc
     except asyncpg.QueryCanceledError as exc:
-        # statement_timeout (or a cancel request): the same query would only time out again
+        if "statement timeout" not in str(exc):  # pg_cancel_backend, a cancel request
+            raise Unavailable("the database cancelled the query; retry") from exc
+        # statement_timeout: the same query would only time out again
         raise DeadlineExceeded(
             "the query ran longer than the statement timeout (statement_timeout_ms) and was "
             "cancelled; narrow it rather than retry it",
