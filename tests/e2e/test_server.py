@@ -274,3 +274,19 @@ async def test_exhausted_pool_is_unavailable_with_retry_hint_within_the_bound(
     assert "pool_acquire_timeout_s" in (caught.value.details() or "")
     assert retry_delay_s(caught.value) is not None
     assert waited < 5
+
+
+async def test_health_watch_sees_not_serving_on_shutdown(settings: Settings, db: Database) -> None:
+    running = await start_server(settings, db, listen="127.0.0.1:0")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+        assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(running.stop(2))
+        try:
+            second = await call.read()
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            call.cancel()
+            await stopping
