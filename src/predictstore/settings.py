@@ -193,7 +193,10 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1, description="Most messages a client may send in one stream."
     )
     max_streams_per_caller: int = Field(
-        default=64, ge=1, description="Most streaming calls one caller may have open at once."
+        default=64,
+        ge=1,
+        description="Most streaming calls one caller (API key or certificate; with auth "
+        "off, one connection) may have open at once.",
     )
     max_metadata_bytes: int = Field(
         default=16 * 1024, ge=1024, description="Largest request metadata (headers) accepted."
