@@ -4,14 +4,22 @@ with the number of distinct bad inputs."""
 
 from __future__ import annotations
 
+import math
+import random
+import string
 import time
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 from predictstore.app import RunningServer
+from predictstore.domain.metrics import SERIES_BYTES_PER_TAG, MetricLimits
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1 import metrics_service_pb2_grpc
+from predictstore.v1 import prediction_service_pb2 as ppb
+from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
+from tests.helpers import field_violations
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +70,121 @@ async def test_a_flood_of_distinct_invalid_series_leaves_no_trace_in_memory(
     # only the one valid series may be remembered, by the handler and by the resolver
     assert max(_container_sizes(handler).values(), default=0) <= 1, _container_sizes(handler)
     assert len(handler.resolver._cache) <= 1
+
+
+def _one_point(series: pb.SeriesKey, **request: object) -> pb.WriteMetricsRequest:
+    return pb.WriteMetricsRequest(
+        columns=pb.PointColumns(
+            series=[series],
+            series_indexes=[0],
+            time_unix_micros=[time.time_ns() // 1000 - 60 * MICROS],
+            values=[1.0],
+        ),
+        **request,  # type: ignore[arg-type]
+    )
+
+
+def _random_text(count: int, seed: int) -> str:
+    # incompressible, so PostgreSQL cannot shrink an index entry below its real size
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_letters) for _ in range(count))
+
+
+async def test_tags_too_big_for_the_series_index_are_rejected_per_point(
+    metrics: metrics_service_pb2_grpc.MetricsServiceStub,
+) -> None:
+    # every tag within the per-tag limits, 12 of them too big for one btree entry
+    huge = {_random_text(100, i): _random_text(250, 100 + i) for i in range(12)}
+    reply = await metrics.WriteMetrics(
+        stream_of(
+            _one_point(pb.SeriesKey(metric_name="huge_tags", tags=huge)),
+            _one_point(pb.SeriesKey(metric_name="huge_tags", tags={"region": "eu"})),
+        )
+    )
+    assert (reply.accepted_points, reply.rejected_points) == (1, 1)
+    (rejected,) = reply.rejected
+    assert (rejected.message_index, rejected.field) == (0, "tags")
+    assert "bytes" in rejected.reason
+
+
+async def test_the_largest_series_the_limits_allow_is_stored(
+    metrics: metrics_service_pb2_grpc.MetricsServiceStub,
+) -> None:
+    # max_series_bytes exactly: five tags of 128 + 256 random characters, long name and id
+    limits = MetricLimits()
+    tags = {_random_text(128, i): _random_text(256, 50 + i) for i in range(5)}
+    used = sum(len(k) + len(v) + SERIES_BYTES_PER_TAG for k, v in tags.items())
+    name = _random_text(limits.max_series_bytes - used, 7)[: limits.max_metric_name_length]
+    rest = limits.max_series_bytes - used - len(name)
+    key = pb.SeriesKey(metric_name=name, prediction_id=_random_text(rest, 8), tags=tags)
+    reply = await metrics.WriteMetrics(stream_of(_one_point(key)))
+    assert (reply.accepted_points, reply.rejected_points) == (1, 0), reply.rejected
+
+
+async def test_an_overlong_batch_id_is_invalid(
+    metrics: metrics_service_pb2_grpc.MetricsServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await metrics.WriteMetrics(
+            stream_of(_one_point(pb.SeriesKey(metric_name="m"), batch_id="b" * 2800))
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch_id" in field_violations(caught.value)
+
+
+async def _sequenced(*sequences: int) -> AsyncIterator[pb.StreamWriteMetricsRequest]:
+    for sequence in sequences:
+        yield pb.StreamWriteMetricsRequest(
+            sequence=sequence,
+            columns=_one_point(pb.SeriesKey(metric_name="seq")).columns,
+        )
+
+
+@pytest.mark.parametrize("sequences", [(2**64 - 1, 0), (2**63,), (2**63 - 1, 0)])
+async def test_sequences_beyond_int64_are_invalid(
+    metrics: metrics_service_pb2_grpc.MetricsServiceStub, sequences: tuple[int, ...]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in metrics.StreamWriteMetrics(_sequenced(*sequences)):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sequence" in field_violations(caught.value)
+
+
+def _with_nan(field: str, value: float) -> ppb.Prediction:
+    p = ppb.Prediction(prediction_id="p-nan", user_id="u1", prediction_type="label")
+    getattr(p, field).update({"score": {"deep": [1.0, value]}})
+    return p
+
+
+@pytest.mark.parametrize("field", ["payload", "metadata"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+async def test_nan_in_a_struct_is_invalid(
+    predictions: PredictionServiceStub, field: str, value: float
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await predictions.CreatePrediction(
+            ppb.CreatePredictionRequest(prediction=_with_nan(field, value))
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"prediction.{field}" in field_violations(caught.value)
+
+
+async def test_a_batch_rejects_the_nan_item_and_stores_the_others(
+    predictions: PredictionServiceStub,
+) -> None:
+    good = [
+        ppb.Prediction(prediction_id=f"ok{i}", user_id="u1", prediction_type="label")
+        for i in range(2)
+    ]
+
+    async def messages() -> AsyncIterator[ppb.BatchCreatePredictionsRequest]:
+        yield ppb.BatchCreatePredictionsRequest(
+            predictions=[good[0], _with_nan("payload", math.nan), good[1]]
+        )
+
+    reply = await predictions.BatchCreatePredictions(messages())
+    assert reply.created_count == 2
+    assert list(reply.prediction_ids) == ["ok0", "ok1"]
+    (rejected,) = reply.rejected
+    assert (rejected.index, rejected.field) == (1, "payload")

@@ -37,6 +37,7 @@ from predictstore.domain.metrics import (
     days_of,
     validate_series,
 )
+from predictstore.domain.validation import check_id
 from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
@@ -55,6 +56,7 @@ READ_AHEAD_MESSAGES = 2
 BUSY_WAIT_FACTOR = 10
 MAX_TIME_US = 2**62  # far beyond any accepted time, and safe from int64 overflow
 _END = object()
+MAX_SEQUENCE = 2**63 - 1  # sequences are int64 wherever they are stored or compared
 _SERIALIZE = pb.SeriesKey.SerializeToString
 
 
@@ -195,6 +197,10 @@ class MetricsWriteHandlers:
         def sequence_of(message: Any, index: int) -> int:
             nonlocal last
             sequence = int(message.sequence) or last + 1
+            if sequence > MAX_SEQUENCE:
+                raise InvalidArgument(
+                    [FieldViolation("sequence", f"must be at most {MAX_SEQUENCE} (2^63-1)")]
+                )
             if sequence <= last:
                 raise InvalidArgument(
                     [FieldViolation("sequence", f"must increase along the stream (after {last})")]
@@ -302,6 +308,11 @@ class MetricsWriteHandlers:
 
     async def decode(self, message: Any, index: int, sequence: int) -> _Message:
         """Validate, resolve and encode one request message (row and column points)."""
+        limits = self.options.limits
+        if violations := check_id(
+            "batch_id", message.batch_id, limits.max_id_length, required=False
+        ):
+            raise InvalidArgument(violations)
         rejected = _Rejections(index, self.options.max_rejections_reported)
         bad = _BadKeys()
         row_ids, row_times, row_values, row_good = await self._decode_rows(
