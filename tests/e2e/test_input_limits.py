@@ -12,12 +12,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from predictstore.app import RunningServer
 from predictstore.domain.metrics import SERIES_BYTES_PER_TAG, MetricLimits
+from predictstore.v1 import feedback_service_pb2 as fpb
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1 import metrics_service_pb2_grpc
 from predictstore.v1 import prediction_service_pb2 as ppb
+from predictstore.v1.feedback_service_pb2_grpc import FeedbackServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
 from tests.helpers import field_violations
 
@@ -188,3 +191,53 @@ async def test_a_batch_rejects_the_nan_item_and_stores_the_others(
     assert list(reply.prediction_ids) == ["ok0", "ok1"]
     (rejected,) = reply.rejected
     assert (rejected.index, rejected.field) == (1, "payload")
+
+
+HUGE = "x" * 16 * 1024
+SHORT_MESSAGE = 600  # characters: what a status message may take at most, and some
+
+
+async def test_ids_of_16_kb_are_invalid_with_a_short_message(
+    predictions: PredictionServiceStub, feedback: FeedbackServiceStub
+) -> None:
+    calls = [
+        predictions.GetPrediction(ppb.GetPredictionRequest(prediction_id=HUGE)),
+        feedback.GetFeedback(fpb.GetFeedbackRequest(insight_id=HUGE, user_id=HUGE)),
+        feedback.DeleteFeedback(fpb.DeleteFeedbackRequest(insight_id=HUGE, user_id="u")),
+        feedback.GetFeedbackStats(fpb.GetFeedbackStatsRequest(insight_id=HUGE)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert len(caught.value.details() or "") < SHORT_MESSAGE
+
+
+async def test_a_not_found_quotes_a_long_id_cut(predictions: PredictionServiceStub) -> None:
+    long_id = "y" * 256  # the longest id accepted
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await predictions.GetPrediction(ppb.GetPredictionRequest(prediction_id=long_id))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    details = caught.value.details() or ""
+    assert long_id not in details
+    assert "y" * 100 + "\u2026" in details
+
+
+async def test_huge_tag_keys_and_many_bad_ids_in_a_query_give_a_bounded_status(
+    metrics: metrics_service_pb2_grpc.MetricsServiceStub,
+) -> None:
+    start = timestamp_pb2.Timestamp(seconds=int(time.time()) - 3600)
+    end = timestamp_pb2.Timestamp(seconds=int(time.time()))
+    flt = pb.MetricFilter(
+        metric_names=["m"],
+        prediction_ids=[HUGE + str(i) for i in range(100)],
+        tags={HUGE + str(i): "v" for i in range(20)},
+        start_time=start,
+        end_time=end,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in metrics.QueryMetrics(pb.QueryMetricsRequest(filter=flt)):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(caught.value.details() or "") < SHORT_MESSAGE
+    assert field_violations(caught.value)  # still says which fields, as many as fit

@@ -104,7 +104,7 @@ def validate_series(key: SeriesKey, limits: MetricLimits) -> list[FieldViolation
         elif len(value) > limits.max_tag_value_length:
             violations.append(
                 FieldViolation(
-                    f"tags[{tag}]",
+                    f"tags[{tag[:32]}]",
                     f"value must be at most {limits.max_tag_value_length} characters",
                 )
             )
