@@ -9,6 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+ECHO_LIMIT = 128
+MAX_VIOLATIONS_IN_MESSAGE = 5
+
+
+def echo(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``value`` cut to ``limit`` characters (an ellipsis marks the cut), for a message
+    that quotes user input: input is unbounded, a status is not (gRPC refuses trailers
+    past 8 KB, and a NOT_FOUND would reach the client as RESOURCE_EXHAUSTED)."""
+    if len(value) <= limit:
+        return value
+    return value[: limit - 1] + "\u2026"
+
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
@@ -43,7 +55,10 @@ class InvalidArgument(PredictstoreError):
     def __init__(self, violations: Iterable[FieldViolation], message: str | None = None) -> None:
         self.violations = tuple(violations)
         if message is None and self.violations:
-            message = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+            shown = self.violations[:MAX_VIOLATIONS_IN_MESSAGE]
+            message = "; ".join(f"{echo(v.field)}: {echo(v.description)}" for v in shown)
+            if len(self.violations) > len(shown):
+                message += f" (and {len(self.violations) - len(shown)} more)"
         super().__init__(message)
 
 

@@ -13,6 +13,7 @@ from predictstore.domain.metrics import (
     SeriesKey,
     check_points,
     days_of,
+    series_bytes,
     validate_series,
 )
 from predictstore.storage.metrics_write import (
@@ -51,6 +52,15 @@ def test_tags_are_bounded_in_count_and_size() -> None:
     assert fields(SeriesKey.of("m", tags={"a": "12345"}), limits) == ["tags[a]"]
     assert fields(SeriesKey.of("m", tags={"": "1"}), limits) == ["tags"]
     assert fields(SeriesKey.of("m", tags={"a": "\x00"}), limits) == ["tags[a]"]
+
+
+def test_a_series_is_bounded_in_utf8_bytes_as_a_whole() -> None:
+    limits = MetricLimits(max_series_bytes=20)
+    # 1 + 2 + 2 + (1 + 1 + 8): one tag's headers count too
+    assert series_bytes(SeriesKey.of("m", "p1", "u1", tags={"a": "b"})) == 15
+    assert fields(SeriesKey.of("m", "p1", "u1", tags={"a": "bbbbbb"}), limits) == []
+    assert fields(SeriesKey.of("m", "p1", "u1", tags={"a": "bbbbbbb"}), limits) == ["tags"]
+    assert fields(SeriesKey.of("m", "p1", "u1", tags={"a": "éééé"}), limits) == ["tags"]
 
 
 def test_ids_are_bounded() -> None:

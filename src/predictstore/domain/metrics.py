@@ -18,6 +18,12 @@ from predictstore.errors import FieldViolation
 MICROS_PER_SECOND = 1_000_000
 MICROS_PER_DAY = 86_400 * MICROS_PER_SECOND
 
+# What one series key may hold in all, in UTF-8 bytes: its unique btree index entry
+# (metric name, ids, tags as jsonb) must fit PostgreSQL's 2704-byte limit. A tag counts
+# SERIES_BYTES_PER_TAG more for its jsonb entry headers; the rest is tuple overhead.
+MAX_SERIES_BYTES = 2400
+SERIES_BYTES_PER_TAG = 8
+
 METRIC_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]+")
 
 Times = npt.NDArray[np.int64]
@@ -54,6 +60,7 @@ class MetricLimits:
     max_tags: int = 32
     max_tag_key_length: int = 128
     max_tag_value_length: int = 256
+    max_series_bytes: int = MAX_SERIES_BYTES
     allow_nan: bool = False
     max_point_age_s: float = 30 * 86_400
     max_point_future_s: float = 3_600
@@ -97,7 +104,7 @@ def validate_series(key: SeriesKey, limits: MetricLimits) -> list[FieldViolation
         elif len(value) > limits.max_tag_value_length:
             violations.append(
                 FieldViolation(
-                    f"tags[{tag}]",
+                    f"tags[{tag[:32]}]",
                     f"value must be at most {limits.max_tag_value_length} characters",
                 )
             )
@@ -105,7 +112,27 @@ def validate_series(key: SeriesKey, limits: MetricLimits) -> list[FieldViolation
             violations.append(
                 FieldViolation(f"tags[{tag[:32]}]", "must not contain NUL characters")
             )
+    if not violations:
+        size = series_bytes(key)
+        if size > limits.max_series_bytes:
+            violations.append(
+                FieldViolation(
+                    "tags",
+                    f"series is {size} bytes; metric_name, prediction_id, user_id and tags "
+                    f"together must be at most {limits.max_series_bytes} bytes (UTF-8, "
+                    f"{SERIES_BYTES_PER_TAG} more per tag)",
+                )
+            )
     return violations
+
+
+def series_bytes(key: SeriesKey) -> int:
+    """The size of a series key as counted against ``max_series_bytes``."""
+    size = len(key.metric_name.encode()) + len(key.prediction_id.encode())
+    size += len(key.user_id.encode())
+    for tag, value in key.tags:
+        size += len(tag.encode()) + len(value.encode()) + SERIES_BYTES_PER_TAG
+    return size
 
 
 @dataclass(frozen=True, slots=True)

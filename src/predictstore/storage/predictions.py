@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from predictstore.domain.predictions import Forecast, Prediction, PredictionFilter
-from predictstore.errors import AlreadyExists, Unavailable
+from predictstore.errors import AlreadyExists, Unavailable, echo
 from predictstore.storage.database import Database, Params, translate_errors
 
 COLUMNS = (
@@ -148,7 +148,7 @@ class PredictionStore:
             raise Unavailable("the prediction changed concurrently; retry")
         stored = _row_to_prediction(row)
         if not stored.same_content(p):
-            raise AlreadyExists(f"prediction {p.prediction_id!r} exists with other content")
+            raise AlreadyExists(f"prediction {echo(p.prediction_id)!r} exists with other content")
         return stored, False
 
     async def create_many(self, items: Sequence[Prediction]) -> BulkResult:

@@ -40,8 +40,15 @@ def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    result: dict[str, Any] = json_format.MessageToDict(value)
+def struct_to_dict(value: struct_pb2.Struct, field: str = "") -> dict[str, Any]:
+    """A Struct as a JSON object. NaN and infinities have no JSON form: InvalidArgument
+    naming ``field``."""
+    try:
+        result: dict[str, Any] = json_format.MessageToDict(value)
+    except ValueError as exc:
+        raise InvalidArgument(
+            [FieldViolation(field, "must not contain NaN or infinite numbers")]
+        ) from exc
     return result
 
 
@@ -61,13 +68,13 @@ def prediction_from_proto(message: pb.Prediction, prefix: str = "prediction.") -
         user_id=message.user_id,
         context=message.context,
         prediction_type=message.prediction_type,
-        payload=struct_to_dict(message.payload),
+        payload=struct_to_dict(message.payload, prefix + "payload"),
         confidence=message.confidence if message.HasField("confidence") else None,
         forecast=forecast,
         model_name=message.model_name,
         model_version=message.model_version,
         target_time=optional_datetime(message, "target_time", path=prefix + "target_time"),
-        metadata=struct_to_dict(message.metadata),
+        metadata=struct_to_dict(message.metadata, prefix + "metadata"),
     )
 
 

@@ -10,7 +10,7 @@ logged once with its traceback and answered INTERNAL with no internals in the me
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from predictstore.errors import (
+    ECHO_LIMIT,
     AlreadyExists,
     DeadlineExceeded,
     FieldViolation,
@@ -26,12 +27,18 @@ from predictstore.errors import (
     PredictstoreError,
     ResourceExhausted,
     Unavailable,
+    echo,
 )
 from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "predictstore.v1"
+# What one status may carry, so it always fits gRPC's 8 KB trailer limit (the details
+# travel base64-encoded, the message percent-encoded): a message of at most
+# MAX_MESSAGE_CHARS characters, field violations of at most MAX_VIOLATION_BYTES in all.
+MAX_MESSAGE_CHARS = 512
+MAX_VIOLATION_BYTES = 3000
 
 _CODES: dict[type[PredictstoreError], tuple[grpc.StatusCode, int, str]] = {
     NotFound: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND, "NOT_FOUND"),
@@ -68,21 +75,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Sta
             (v for cls, v in _CODES.items() if isinstance(exc, cls)),
             (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "INTERNAL"),
         )
-        message = exc.message
+        message = echo(exc.message, MAX_MESSAGE_CHARS)
         details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
         if isinstance(exc, InvalidArgument):
-            details.append(
-                _pack(
-                    error_details_pb2.BadRequest(
-                        field_violations=[
-                            error_details_pb2.BadRequest.FieldViolation(
-                                field=v.field, description=v.description
-                            )
-                            for v in exc.violations
-                        ]
-                    )
-                )
-            )
+            details.append(_pack(_bad_request(exc.violations)))
         elif isinstance(exc, Unavailable):
             delay = duration_pb2.Duration()
             delay.FromMilliseconds(int(exc.retry_after_s * 1000))
@@ -104,6 +100,19 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Sta
         code, rpc_code, message = grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "internal error"
         details = [_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))]
     return code, message, status_pb2.Status(code=rpc_code, message=message, details=details)
+
+
+def _bad_request(violations: Sequence[FieldViolation]) -> error_details_pb2.BadRequest:
+    """The violations as BadRequest, each echo cut, as many as fit MAX_VIOLATION_BYTES."""
+    bad = error_details_pb2.BadRequest()
+    room = MAX_VIOLATION_BYTES
+    for v in violations:
+        field, description = echo(v.field), echo(v.description, 2 * ECHO_LIMIT)
+        room -= len(field.encode()) + len(description.encode()) + 8
+        if room < 0:
+            break
+        bad.field_violations.add(field=field, description=description)
+    return bad
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:

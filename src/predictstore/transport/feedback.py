@@ -22,7 +22,7 @@ from predictstore.domain.feedback import (
     validate_insight_id,
     validate_key,
 )
-from predictstore.errors import InvalidArgument, NotFound
+from predictstore.errors import InvalidArgument, NotFound, echo
 from predictstore.storage.feedback import FeedbackStore, tie_breaker
 from predictstore.transport.convert import optional_datetime, to_timestamp
 from predictstore.transport.frames import framed
@@ -132,9 +132,8 @@ class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
             raise InvalidArgument(violations)
         feedback = await self.store.get(request.insight_id, request.user_id)
         if feedback is None:
-            raise NotFound(
-                f"no feedback of user {request.user_id!r} on insight {request.insight_id!r}"
-            )
+            user, insight = echo(request.user_id), echo(request.insight_id)
+            raise NotFound(f"no feedback of user {user!r} on insight {insight!r}")
         return pb.GetFeedbackResponse(feedback=feedback_to_proto(feedback))
 
     async def DeleteFeedback(

@@ -20,7 +20,7 @@ import numpy as np
 
 from predictstore.domain import resume
 from predictstore.domain.validation import check_text
-from predictstore.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from predictstore.errors import FieldViolation, InvalidArgument, ResourceExhausted, echo
 from predictstore.storage.database import Database
 from predictstore.storage.metrics_read import (
     BucketBatch,
@@ -83,7 +83,7 @@ def _filter(request: Any) -> tuple[SeriesFilter, datetime, datetime]:
         for i, value in enumerate(getattr(f, name)):
             violations.extend(check_text(f"filter.{name}[{i}]", value, TEXT_LIMIT))
     for key, value in f.tags.items():
-        violations.extend(check_text(f"filter.tags[{key}]", key + value, 2 * TEXT_LIMIT))
+        violations.extend(check_text(f"filter.tags[{echo(key, 32)}]", key + value, 2 * TEXT_LIMIT))
     if violations:
         raise InvalidArgument(violations)
     try:

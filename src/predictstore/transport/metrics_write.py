@@ -37,6 +37,7 @@ from predictstore.domain.metrics import (
     days_of,
     validate_series,
 )
+from predictstore.domain.validation import check_id
 from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
@@ -55,6 +56,7 @@ READ_AHEAD_MESSAGES = 2
 BUSY_WAIT_FACTOR = 10
 MAX_TIME_US = 2**62  # far beyond any accepted time, and safe from int64 overflow
 _END = object()
+MAX_SEQUENCE = 2**63 - 1  # sequences are int64 wherever they are stored or compared
 _SERIALIZE = pb.SeriesKey.SerializeToString
 
 
@@ -143,11 +145,11 @@ class MetricsWriteHandlers:
         self.resolver = SeriesResolver(db, self.options.max_series_per_metric)
         self.writer = MetricPointWriter(db)
         self.total_slots = asyncio.Semaphore(self.options.max_inflight_total)
-        # wire bytes of a SeriesKey message -> its series id, or a negative code
-        # (index into _bad) when the key is invalid
+        # wire bytes of a valid SeriesKey message -> its series id (at most
+        # MAX_MEMO_SERIES entries). Invalid keys are not remembered: a flood of distinct
+        # invalid series must not grow memory; their violations live in one message's
+        # _BadKeys.
         self._wire_ids: dict[bytes, int] = {}
-        self._bad: list[tuple[FieldViolation, ...]] = []
-        self._bad_codes: dict[tuple[FieldViolation, ...], int] = {}
         self._streams: set[_Stream] = set()
         self.telemetry = IngestMetrics()
 
@@ -195,6 +197,10 @@ class MetricsWriteHandlers:
         def sequence_of(message: Any, index: int) -> int:
             nonlocal last
             sequence = int(message.sequence) or last + 1
+            if sequence > MAX_SEQUENCE:
+                raise InvalidArgument(
+                    [FieldViolation("sequence", f"must be at most {MAX_SEQUENCE} (2^63-1)")]
+                )
             if sequence <= last:
                 raise InvalidArgument(
                     [FieldViolation("sequence", f"must increase along the stream (after {last})")]
@@ -231,29 +237,21 @@ class MetricsWriteHandlers:
 
     # -- decoding ---------------------------------------------------------------------
 
-    def _violation_code(self, violations: tuple[FieldViolation, ...]) -> int:
-        """A negative stand-in for a series id: the key is invalid, for these reasons."""
-        code = self._bad_codes.get(violations)
-        if code is None:
-            self._bad.append(violations)
-            code = self._bad_codes[violations] = -len(self._bad)
-        return code
-
-    async def _ids_of_keys(self, keys: list[SeriesKey]) -> list[int]:
-        """Series id (or negative violation code) of each distinct key."""
+    async def _ids_of_keys(self, keys: list[SeriesKey], bad: _BadKeys) -> list[int]:
+        """Series id (or negative violation code, see ``bad``) of each distinct key."""
         codes: dict[SeriesKey, int] = {}
         valid: list[SeriesKey] = []
         for key in keys:
             violations = tuple(validate_series(key, self.options.limits))
             if violations:
-                codes[key] = self._violation_code(violations)
+                codes[key] = bad.code(violations)
             else:
                 valid.append(key)
         if valid:
             codes.update(zip(valid, await self.resolver.resolve(valid), strict=True))
         return [codes[k] for k in keys]
 
-    async def _column_ids(self, series: Any) -> npt.NDArray[np.int64]:
+    async def _column_ids(self, series: Any, bad: _BadKeys) -> npt.NDArray[np.int64]:
         """Series id (or negative violation code) per entry of ``columns.series``.
 
         Keyed by each entry's wire bytes: one C call per entry once a series is known,
@@ -267,16 +265,17 @@ class MetricsWriteHandlers:
                 SeriesKey(m.metric_name, m.prediction_id, m.user_id, tuple(sorted(m.tags.items())))
                 for m in missing.values()
             ]
-            ids = await self._ids_of_keys(keys)
-            if len(self._wire_ids) + len(ids) > MAX_MEMO_SERIES:
-                self._wire_ids.clear()
+            ids = await self._ids_of_keys(keys, bad)
             learnt = dict(zip(missing, ids, strict=True))
-            self._wire_ids.update(learnt)
+            valid = {w: i for w, i in learnt.items() if i >= 0}
+            if len(self._wire_ids) + len(valid) > MAX_MEMO_SERIES:
+                self._wire_ids.clear()
+            self._wire_ids.update(valid)
             found = [learnt[w] if f is None else f for w, f in zip(wires, found, strict=True)]
         return np.array(found, dtype=np.int64)
 
     async def _decode_rows(
-        self, rows: Any, rejected: _Rejections
+        self, rows: Any, rejected: _Rejections, bad: _BadKeys
     ) -> tuple[npt.NDArray[np.int64], Times, Values, Mask]:
         """Row form: one Python step per point, for grpcurl and small producers."""
         count = len(rows)
@@ -304,13 +303,21 @@ class MetricsWriteHandlers:
                 rejected.add_one(i, "time", "is not a valid timestamp", retryable=False)
                 continue
             times[i] = micros
-        ids = np.array(await self._ids_of_keys(list(keys)), dtype=np.int64)
+        ids = np.array(await self._ids_of_keys(list(keys), bad), dtype=np.int64)
         return ids[positions] if count else positions, times, values, good
 
     async def decode(self, message: Any, index: int, sequence: int) -> _Message:
         """Validate, resolve and encode one request message (row and column points)."""
+        limits = self.options.limits
+        if violations := check_id(
+            "batch_id", message.batch_id, limits.max_id_length, required=False
+        ):
+            raise InvalidArgument(violations)
         rejected = _Rejections(index, self.options.max_rejections_reported)
-        row_ids, row_times, row_values, row_good = await self._decode_rows(message.points, rejected)
+        bad = _BadKeys()
+        row_ids, row_times, row_values, row_good = await self._decode_rows(
+            message.points, rejected, bad
+        )
         row_count = len(row_ids)
 
         # column form: arrays straight from the packed repeated fields
@@ -333,7 +340,7 @@ class MetricsWriteHandlers:
         col_good = np.ones(len(positions), dtype=np.bool_)
         col_ids = positions
         if len(positions):
-            lookup = await self._column_ids(columns.series)
+            lookup = await self._column_ids(columns.series, bad)
             out_of_range = positions >= len(lookup)
             if out_of_range.any():
                 where = np.flatnonzero(out_of_range)
@@ -356,7 +363,7 @@ class MetricsWriteHandlers:
         if invalid.any():
             for code in np.unique(ids[invalid]).tolist():
                 hit = invalid & (ids == code)
-                v = self._bad[-code - 1][0]
+                v = bad.violations[-code - 1][0]
                 rejected.add(np.flatnonzero(hit), v.field, v.description)
             good &= ~invalid
         checked, problems = check_points(
@@ -378,6 +385,23 @@ class MetricsWriteHandlers:
             part.rows = encode_rows(good_times, ids[good], values[good])
             part.days = days_of(good_times)
         return _Message(index, sequence, part, rejected.sorted())
+
+
+class _BadKeys:
+    """The distinct violation tuples of one message's invalid series keys, each with a
+    negative code that stands in for a series id. Per message: at most one entry per
+    series of the message, dropped with it."""
+
+    def __init__(self) -> None:
+        self.violations: list[tuple[FieldViolation, ...]] = []
+        self._codes: dict[tuple[FieldViolation, ...], int] = {}
+
+    def code(self, violations: tuple[FieldViolation, ...]) -> int:
+        found = self._codes.get(violations)
+        if found is None:
+            self.violations.append(violations)
+            found = self._codes[violations] = -len(self.violations)
+        return found
 
 
 class _Rejections:

@@ -17,7 +17,8 @@ from predictstore.domain.predictions import (
     validate_filter,
     validate_prediction,
 )
-from predictstore.errors import FieldViolation, InvalidArgument, NotFound
+from predictstore.domain.validation import check_id
+from predictstore.errors import FieldViolation, InvalidArgument, NotFound, echo
 from predictstore.storage.predictions import PredictionStore
 from predictstore.transport.convert import (
     optional_datetime,
@@ -135,11 +136,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def GetPrediction(
         self, request: pb.GetPredictionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetPredictionResponse:
-        if not request.prediction_id:
-            raise InvalidArgument([FieldViolation("prediction_id", "must not be empty")])
-        prediction = await self.store.get(request.prediction_id)
+        pid = request.prediction_id
+        if violations := check_id("prediction_id", pid, self.limits.max_id_length):
+            raise InvalidArgument(violations)
+        prediction = await self.store.get(pid)
         if prediction is None:
-            raise NotFound(f"prediction {request.prediction_id!r} not found")
+            raise NotFound(f"prediction {echo(pid)!r} not found")
         return pb.GetPredictionResponse(prediction=prediction_to_proto(prediction))
 
     async def ListPredictions(
