@@ -17,6 +17,8 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from predictstore import migrate
 from predictstore.app import RunningServer, start_server
@@ -554,10 +556,43 @@ async def test_shutdown_commits_what_open_streams_hold(settings: Settings, db: D
 
         await running.stop(10)
 
-        acks = [ack async for ack in bidi]
+        # the bidi stream: every point read is acknowledged, then a clean retryable end
+        acks: list[pb.StreamWriteMetricsResponse] = []
+
+        async def read_all() -> None:
+            async for ack in bidi:
+                acks.append(ack)
+
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await read_all()
         assert acks[-1].committed_through_sequence == 3
         assert sum(a.accepted_points for a in acks) == 300
-        reply = await unary
-        assert reply.accepted_points == 50
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay_s(ended.value) is not None
+        assert error_info(ended.value) == (
+            "SHUTTING_DOWN",
+            {"committed_through_sequence": "3"},
+        )
+        # the client stream was not read to its end: not OK, but how far it got
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await unary
+        assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay_s(cut.value) is not None
+        reason, progress = error_info(cut.value)
+        assert reason == "SHUTTING_DOWN"
+        assert progress["accepted_points"] == "50"
+        assert progress["committed_messages"] == "1"
     assert await point_count(db, "latency_ms") == 300
     assert await point_count(db, "queue_depth") == 50
+
+
+def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The reason and metadata of the ErrorInfo detail of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the error carries no google.rpc.Status details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    raise AssertionError("no ErrorInfo in the answer")
