@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 
 from predictstore import migrate
 from predictstore.app import RunningServer, start_server
-from predictstore.client import MetricsWriter, SyncMetricsWriter
+from predictstore.client import MetricsWriter, SyncMetricsWriter, WriterClosed
 from predictstore.embedded import EmbeddedPostgres
 from predictstore.settings import Settings
 from predictstore.storage.database import Database, PoolSettings
@@ -416,6 +416,86 @@ async def test_metrics_writer_delivers_everything_through_a_server_restart(
     assert writer.stats.reconnects >= 1
     assert writer.stats.accepted_points >= 2000  # replays are acknowledged with their counts
     assert writer.pending_points == 0
+
+
+async def test_metrics_writer_survives_servers_draining_mid_stream(
+    settings: Settings, db: Database
+) -> None:
+    # the server is stopped gracefully (SIGTERM) while the writer keeps writing small
+    # batches, three times: its streams end while the writer writes to them, and it must
+    # reconnect to the successor and resend, neither dying nor storing a point twice
+    address = f"127.0.0.1:{free_port()}"
+    running = await start_server(settings, db, listen=address)
+    base = now_us() - 3600 * MICROS
+    writer = MetricsWriter(
+        address,
+        flush_points=20,
+        flush_interval_s=0.01,
+        initial_backoff_s=0.05,
+        max_backoff_s=0.5,
+        retry_deadline_s=60,
+    )
+    sent = 0
+    try:
+        for restart in range(3):
+            for _ in range(300):
+                await writer.write(
+                    "drain_metric", float(sent), time_s=(base + sent * 1000) / MICROS
+                )
+                sent += 1
+                await asyncio.sleep(0)
+            stopping = asyncio.ensure_future(running.stop(5))
+            for _ in range(300):  # writing on while the server drains and is gone
+                await writer.write(
+                    "drain_metric", float(sent), time_s=(base + sent * 1000) / MICROS
+                )
+                sent += 1
+                await asyncio.sleep(0.001)
+            await stopping
+            running = await start_server(settings, db, listen=address)
+            assert writer.stats.reconnects >= restart + 1
+        await writer.close(timeout_s=60)
+    finally:
+        await running.stop(0)
+    async with db.connection() as conn:
+        count, distinct = await conn.fetchrow(
+            "SELECT count(*), count(DISTINCT value) FROM metric_points"
+        )
+    assert (count, distinct) == (sent, sent)
+    assert writer.pending_points == 0
+
+
+async def test_metrics_writer_close_is_bounded_when_the_server_is_down(
+    settings: Settings, db: Database
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    running = await start_server(settings, db, listen=address)
+    writer = MetricsWriter(address, flush_points=10, initial_backoff_s=0.05, max_backoff_s=0.2)
+    for i in range(10):
+        await writer.write("close_metric", float(i))
+    await writer.wait_acked()
+    await running.stop(0)
+    for i in range(25):
+        await writer.write("close_metric", float(i))
+    # a hung close fails the test at 30 s; the writer's own bound is 1 s
+    with pytest.raises(WriterClosed, match="25 points unacknowledged"):
+        await asyncio.wait_for(writer.close(timeout_s=1), 30)
+
+
+async def test_metrics_writer_gives_up_at_its_retry_deadline() -> None:
+    writer = MetricsWriter(
+        f"127.0.0.1:{free_port()}",  # nothing listens there
+        flush_points=10,
+        initial_backoff_s=0.05,
+        max_backoff_s=0.2,
+        retry_deadline_s=0.5,
+    )
+    for i in range(10):
+        await writer.write("deadline_metric", float(i))
+    with pytest.raises(WriterClosed):
+        await asyncio.wait_for(writer.wait_acked(), 30)
+    with pytest.raises(WriterClosed, match="10 points unacknowledged"):
+        await writer.close()
 
 
 async def test_metrics_writer_bounds_its_memory_and_reports_rejections(
