@@ -307,6 +307,58 @@ async def test_database_stopped_mid_stream_loses_no_acknowledged_point(
         await asyncio.to_thread(stop_postgres, embedded, signal.SIGQUIT)
 
 
+async def test_metrics_writer_delivers_everything_through_a_database_restart(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # the database stops while the writer streams: the server ends its streams
+    # UNAVAILABLE while the writer is writing to them; the writer must keep resending
+    # until the database is back, storing every point once
+    embedded = EmbeddedPostgres(tmp_path / "own", extra_settings={"fsync": "off"})
+    await asyncio.to_thread(start_postgres, embedded)
+    try:
+        await asyncio.to_thread(migrate.upgrade, embedded.url())
+        db = await Database.open(embedded.url(), PoolSettings(min_size=1, max_size=4))
+        running = await start_server(settings, db, listen="127.0.0.1:0")
+        base = now_us() - 3600 * MICROS
+        writer = MetricsWriter(
+            f"127.0.0.1:{running.port}",
+            flush_points=500,
+            flush_interval_s=0.01,
+            initial_backoff_s=0.05,
+            max_backoff_s=0.5,
+            retry_deadline_s=120,
+        )
+        sent = 0
+        try:
+            for _ in range(5000):
+                await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
+                sent += 1
+            await writer.wait_acked()
+            await asyncio.to_thread(stop_postgres, embedded, signal.SIGINT)
+            for i in range(20000):  # writing on while the database is down
+                await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
+                sent += 1
+                if i % 500 == 0:
+                    await asyncio.sleep(0.01)
+            await asyncio.to_thread(start_postgres, embedded)
+            await writer.close(timeout_s=120)
+        finally:
+            await running.stop(0)
+            await db.close()
+        conn = await asyncpg.connect(embedded.url())
+        try:
+            count, distinct = await conn.fetchrow(
+                "SELECT count(*), count(DISTINCT value) FROM metric_points"
+            )
+        finally:
+            await conn.close()
+        assert (count, distinct) == (sent, sent)
+        assert writer.stats.reconnects >= 1
+        assert writer.pending_points == 0
+    finally:
+        await asyncio.to_thread(stop_postgres, embedded, signal.SIGQUIT)
+
+
 def start_postgres(embedded: EmbeddedPostgres) -> None:
     """Start it, again if pg_ctl dies: forking from a process full of gRPC threads
     occasionally kills the child before it runs pg_ctl."""
