@@ -7,6 +7,12 @@ server acknowledges it ("committed through sequence N"); after UNAVAILABLE the w
 reconnects with exponential backoff and jitter (honouring the server's RetryInfo) and
 sends the unacknowledged batches again with their ids, so the server stores none twice.
 
+Retried: UNAVAILABLE (the server is down, restarting or draining, or its database is),
+ABORTED, CANCELLED, and a stream that ended while the writer was still writing to it
+(gRPC reports that as INTERNAL "Internal error from Core" on the client side). The
+writer keeps retrying until ``retry_deadline_s`` passed without any acknowledgement;
+then it fails and ``write`` raises ``WriterClosed``.
+
 Only ``grpc`` and the generated ``predictstore.v1`` stubs are needed: no server code.
 
     async with MetricsWriter("127.0.0.1:50051") as writer:
@@ -45,6 +51,9 @@ RETRYABLE = frozenset(
 MAX_REJECTIONS_KEPT = 1000
 # how long close() waits for the stream to end cleanly once everything is acknowledged
 CLEAN_END_TIMEOUT_S = 5.0
+DEFAULT_RETRY_DEADLINE_S = 300.0
+DEFAULT_CLOSE_TIMEOUT_S = 60.0
+ENDED_STATUS_WAIT_S = 10.0  # how long a failed write waits for the call's own status
 
 
 class WriterClosed(RuntimeError):
@@ -87,6 +96,16 @@ class MetricsWriter:
     ``target`` is ``HOST:PORT`` (an insecure channel the writer owns) or a channel.
     Memory is bounded: ``write`` waits while ``max_buffered_points`` points are
     buffered or unacknowledged.
+
+    Through server restarts, SIGTERM, SIGKILL and database outages the writer reconnects
+    (backoff from ``initial_backoff_s`` to ``max_backoff_s``) and resends what was not
+    acknowledged. It gives up when batches waited ``retry_deadline_s`` (default 300 s;
+    None: never) without any acknowledgement coming, or after
+    ``max_attempts`` failed streams in a row if that is set.
+
+    ``close()`` waits at most ``close_timeout_s`` (default 60 s) for the last
+    acknowledgements; past it, or if the writer failed, it raises ``WriterClosed`` saying
+    how many points stayed unacknowledged.
     """
 
     def __init__(
@@ -99,6 +118,8 @@ class MetricsWriter:
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 10.0,
         max_attempts: int | None = None,
+        retry_deadline_s: float | None = DEFAULT_RETRY_DEADLINE_S,
+        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
     ) -> None:
         if isinstance(target, str):
             self._channel = grpc.aio.insecure_channel(target)
@@ -113,11 +134,15 @@ class MetricsWriter:
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_attempts = max_attempts
+        self.retry_deadline_s = retry_deadline_s
+        self.close_timeout_s = close_timeout_s
         self.stats = WriterStats()
         self._prefix = uuid.uuid4().hex
         self._sequence = 0
         self._unacked: OrderedDict[int, tuple[pb.StreamWriteMetricsRequest, int]] = OrderedDict()
         self._unacked_points = 0
+        # the last acknowledgement, or when batches started waiting for one
+        self._progress_at = time.monotonic()
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._closing = False
@@ -209,6 +234,8 @@ class MetricsWriter:
             batch_id=f"{self._prefix}-{self._sequence}",
             columns=columns,
         )
+        if not self._unacked:
+            self._progress_at = time.monotonic()
         self._unacked[self._sequence] = (request, len(self._values))
         self._unacked_points += len(self._values)
         self._reset_batch()
@@ -228,13 +255,29 @@ class MetricsWriter:
         if self._failure is not None:
             raise WriterClosed("the writer failed") from self._failure
 
-    async def close(self) -> None:
-        """Send what is buffered, wait for every acknowledgement, then close."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Send what is buffered, wait for every acknowledgement, then close.
+
+        Waits at most ``timeout_s`` (default: ``close_timeout_s``); raises
+        ``WriterClosed`` naming the points that stayed unacknowledged if it timed out
+        or the writer failed.
+        """
         if self._closing:
             return
+        wait_s = self.close_timeout_s if timeout_s is None else timeout_s
         try:
             if self._failure is None and (self._values or self._unacked):
-                await self.wait_acked()
+                try:
+                    await asyncio.wait_for(self.wait_acked(), wait_s)
+                except TimeoutError:
+                    raise WriterClosed(
+                        f"closed after {wait_s:g} s with {self.pending_points} points "
+                        "unacknowledged (the server did not acknowledge them in time)"
+                    ) from None
+            elif self._failure is not None and self.pending_points:
+                raise WriterClosed(
+                    f"the writer failed with {self.pending_points} points unacknowledged"
+                ) from self._failure
         finally:
             self._closing = True
             self._wake.set()
@@ -280,8 +323,14 @@ class MetricsWriter:
             except grpc.aio.AioRpcError as exc:
                 # a stream that got acks through resets the backoff
                 attempt = 1 if self.stats.acked_batches != acked_before else attempt + 1
-                if exc.code() not in RETRYABLE or (
-                    self.max_attempts is not None and attempt >= self.max_attempts
+                out_of_time = (
+                    self.retry_deadline_s is not None
+                    and time.monotonic() - self._progress_at >= self.retry_deadline_s
+                )
+                if (
+                    not _retryable(exc)
+                    or out_of_time
+                    or (self.max_attempts is not None and attempt >= self.max_attempts)
                 ):
                     await self._fail(exc)
                     return
@@ -322,8 +371,10 @@ class MetricsWriter:
                     if sequence > sent:
                         try:
                             await call.write(request)
-                        except asyncio.InvalidStateError:
-                            raise await _ended(call) from None
+                        except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as exc:
+                            # the call ended while we wrote (server drained, restarted
+                            # or died): what counts is the status the server sent
+                            raise await _ended(call, exc) from None
                         sent = sequence
                 if self._closing and not self._unacked:
                     await call.done_writing()
@@ -360,6 +411,7 @@ class MetricsWriter:
                 del self._unacked[sequence]
                 self._unacked_points -= points
                 stats.acked_batches += 1
+                self._progress_at = time.monotonic()
             stats.accepted_points += ack.accepted_points
             stats.rejected_points += ack.rejected_points
             stats.replayed_batches += len(ack.replayed_batch_ids)
@@ -370,17 +422,40 @@ class MetricsWriter:
                 self._changed.notify_all()
 
 
-async def _ended(call: grpc.aio.StreamStreamCall) -> grpc.aio.AioRpcError:
-    """The error of a call that finished while we were still writing to it."""
-    code = await call.code()
-    if code == grpc.StatusCode.OK:  # ended early without error: start over
-        code = grpc.StatusCode.UNAVAILABLE
-    return grpc.aio.AioRpcError(
-        code,
-        await call.initial_metadata(),
-        await call.trailing_metadata(),
-        details=await call.details(),
+def _retryable(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the same batches may be sent again after ``error`` ended a stream."""
+    if error.code() in RETRYABLE:
+        return True
+    # gRPC's own name for "the stream broke under us", not a status from the server
+    return error.code() == grpc.StatusCode.INTERNAL and "from Core" in (error.details() or "")
+
+
+async def _ended(call: grpc.aio.StreamStreamCall, cause: BaseException) -> grpc.aio.AioRpcError:
+    """The error of a call that finished while we were still writing to it.
+
+    The server's own status if it sent one that says the batches are bad (e.g.
+    INVALID_ARGUMENT); otherwise UNAVAILABLE (with the server's trailers, so its
+    RetryInfo is honoured): the write failed because the stream ended, which a new
+    stream fixes.
+    """
+    try:
+        code = await asyncio.wait_for(call.code(), ENDED_STATUS_WAIT_S)
+        trailing = await call.trailing_metadata()
+        details = await call.details()
+    except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        call.cancel()
+        code, trailing, details = grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), ""
+    error = grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), trailing or grpc.aio.Metadata(), details=details
     )
+    if code == grpc.StatusCode.OK or _retryable(error):
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            trailing or grpc.aio.Metadata(),
+            details=f"the stream ended while writing ({details or cause!r})",
+        )
+    return error
 
 
 class SyncMetricsWriter:

@@ -85,3 +85,18 @@ class Unavailable(PredictstoreError):
     def __init__(self, message: str | None = None, *, retry_after_s: float = 1.0) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message)
+
+
+class ShuttingDown(Unavailable):
+    """The server is shutting down before the call was complete; resend what it did not
+    acknowledge (batch ids make the resend safe)."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after_s: float = 1.0,
+        progress: dict[str, str] | None = None,
+    ) -> None:
+        self.progress = dict(progress or {})
+        super().__init__(message, retry_after_s=retry_after_s)

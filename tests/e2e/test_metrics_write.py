@@ -17,10 +17,12 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from predictstore import migrate
 from predictstore.app import RunningServer, start_server
-from predictstore.client import MetricsWriter, SyncMetricsWriter
+from predictstore.client import MetricsWriter, SyncMetricsWriter, WriterClosed
 from predictstore.embedded import EmbeddedPostgres
 from predictstore.settings import Settings
 from predictstore.storage.database import Database, PoolSettings
@@ -305,6 +307,58 @@ async def test_database_stopped_mid_stream_loses_no_acknowledged_point(
         await asyncio.to_thread(stop_postgres, embedded, signal.SIGQUIT)
 
 
+async def test_metrics_writer_delivers_everything_through_a_database_restart(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # the database stops while the writer streams: the server ends its streams
+    # UNAVAILABLE while the writer is writing to them; the writer must keep resending
+    # until the database is back, storing every point once
+    embedded = EmbeddedPostgres(tmp_path / "own", extra_settings={"fsync": "off"})
+    await asyncio.to_thread(start_postgres, embedded)
+    try:
+        await asyncio.to_thread(migrate.upgrade, embedded.url())
+        db = await Database.open(embedded.url(), PoolSettings(min_size=1, max_size=4))
+        running = await start_server(settings, db, listen="127.0.0.1:0")
+        base = now_us() - 3600 * MICROS
+        writer = MetricsWriter(
+            f"127.0.0.1:{running.port}",
+            flush_points=500,
+            flush_interval_s=0.01,
+            initial_backoff_s=0.05,
+            max_backoff_s=0.5,
+            retry_deadline_s=120,
+        )
+        sent = 0
+        try:
+            for _ in range(5000):
+                await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
+                sent += 1
+            await writer.wait_acked()
+            await asyncio.to_thread(stop_postgres, embedded, signal.SIGINT)
+            for i in range(20000):  # writing on while the database is down
+                await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
+                sent += 1
+                if i % 500 == 0:
+                    await asyncio.sleep(0.01)
+            await asyncio.to_thread(start_postgres, embedded)
+            await writer.close(timeout_s=120)
+        finally:
+            await running.stop(0)
+            await db.close()
+        conn = await asyncpg.connect(embedded.url())
+        try:
+            count, distinct = await conn.fetchrow(
+                "SELECT count(*), count(DISTINCT value) FROM metric_points"
+            )
+        finally:
+            await conn.close()
+        assert (count, distinct) == (sent, sent)
+        assert writer.stats.reconnects >= 1
+        assert writer.pending_points == 0
+    finally:
+        await asyncio.to_thread(stop_postgres, embedded, signal.SIGQUIT)
+
+
 def start_postgres(embedded: EmbeddedPostgres) -> None:
     """Start it, again if pg_ctl dies: forking from a process full of gRPC threads
     occasionally kills the child before it runs pg_ctl."""
@@ -396,7 +450,12 @@ async def test_metrics_writer_delivers_everything_through_a_server_restart(
                 prediction_id=f"p{i % 5}",
                 tags={"k": "v"},
             )
-        # some batches are in flight or waiting for their ack when the server goes away
+        # the stream is open (a first batch acknowledged) and some batches are in flight
+        # or waiting for their ack when the server goes away
+        for _ in range(500):
+            if writer.stats.acked_batches:
+                break
+            await asyncio.sleep(0.01)
         await running.stop(0)
         for i in range(1000, 2000):
             await writer.write(
@@ -414,6 +473,87 @@ async def test_metrics_writer_delivers_everything_through_a_server_restart(
     assert writer.stats.reconnects >= 1
     assert writer.stats.accepted_points >= 2000  # replays are acknowledged with their counts
     assert writer.pending_points == 0
+
+
+async def test_metrics_writer_survives_servers_draining_mid_stream(
+    settings: Settings, db: Database
+) -> None:
+    # the server is stopped gracefully (SIGTERM) while the writer keeps writing small
+    # batches, three times: its streams end while the writer writes to them, and it must
+    # reconnect to the successor and resend, neither dying nor storing a point twice
+    address = f"127.0.0.1:{free_port()}"
+    running = await start_server(settings, db, listen=address)
+    base = now_us() - 3600 * MICROS
+    writer = MetricsWriter(
+        address,
+        flush_points=20,
+        flush_interval_s=0.01,
+        initial_backoff_s=0.05,
+        max_backoff_s=0.5,
+        retry_deadline_s=60,
+    )
+    sent = 0
+    try:
+        for restart in range(3):
+            for _ in range(300):
+                await writer.write(
+                    "drain_metric", float(sent), time_s=(base + sent * 1000) / MICROS
+                )
+                sent += 1
+                await asyncio.sleep(0)
+            await writer.wait_acked()  # the writer's stream is open on this server
+            stopping = asyncio.ensure_future(running.stop(5))
+            for _ in range(300):  # writing on while the server drains and is gone
+                await writer.write(
+                    "drain_metric", float(sent), time_s=(base + sent * 1000) / MICROS
+                )
+                sent += 1
+                await asyncio.sleep(0.001)
+            await stopping
+            running = await start_server(settings, db, listen=address)
+            assert writer.stats.reconnects >= restart + 1
+        await writer.close(timeout_s=60)
+    finally:
+        await running.stop(0)
+    async with db.connection() as conn:
+        count, distinct = await conn.fetchrow(
+            "SELECT count(*), count(DISTINCT value) FROM metric_points"
+        )
+    assert (count, distinct) == (sent, sent)
+    assert writer.pending_points == 0
+
+
+async def test_metrics_writer_close_is_bounded_when_the_server_is_down(
+    settings: Settings, db: Database
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    running = await start_server(settings, db, listen=address)
+    writer = MetricsWriter(address, flush_points=10, initial_backoff_s=0.05, max_backoff_s=0.2)
+    for i in range(10):
+        await writer.write("close_metric", float(i))
+    await writer.wait_acked()
+    await running.stop(0)
+    for i in range(25):
+        await writer.write("close_metric", float(i))
+    # a hung close fails the test at 30 s; the writer's own bound is 1 s
+    with pytest.raises(WriterClosed, match="25 points unacknowledged"):
+        await asyncio.wait_for(writer.close(timeout_s=1), 30)
+
+
+async def test_metrics_writer_gives_up_at_its_retry_deadline() -> None:
+    writer = MetricsWriter(
+        f"127.0.0.1:{free_port()}",  # nothing listens there
+        flush_points=10,
+        initial_backoff_s=0.05,
+        max_backoff_s=0.2,
+        retry_deadline_s=0.5,
+    )
+    for i in range(10):
+        await writer.write("deadline_metric", float(i))
+    with pytest.raises(WriterClosed):
+        await asyncio.wait_for(writer.wait_acked(), 30)
+    with pytest.raises(WriterClosed, match="10 points unacknowledged"):
+        await writer.close()
 
 
 async def test_metrics_writer_bounds_its_memory_and_reports_rejections(
@@ -554,10 +694,43 @@ async def test_shutdown_commits_what_open_streams_hold(settings: Settings, db: D
 
         await running.stop(10)
 
-        acks = [ack async for ack in bidi]
+        # the bidi stream: every point read is acknowledged, then a clean retryable end
+        acks: list[pb.StreamWriteMetricsResponse] = []
+
+        async def read_all() -> None:
+            async for ack in bidi:
+                acks.append(ack)
+
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await read_all()
         assert acks[-1].committed_through_sequence == 3
         assert sum(a.accepted_points for a in acks) == 300
-        reply = await unary
-        assert reply.accepted_points == 50
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay_s(ended.value) is not None
+        assert error_info(ended.value) == (
+            "SHUTTING_DOWN",
+            {"committed_through_sequence": "3"},
+        )
+        # the client stream was not read to its end: not OK, but how far it got
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await unary
+        assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay_s(cut.value) is not None
+        reason, progress = error_info(cut.value)
+        assert reason == "SHUTTING_DOWN"
+        assert progress["accepted_points"] == "50"
+        assert progress["committed_messages"] == "1"
     assert await point_count(db, "latency_ms") == 300
     assert await point_count(db, "queue_depth") == 50
+
+
+def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The reason and metadata of the ErrorInfo detail of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the error carries no google.rpc.Status details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    raise AssertionError("no ErrorInfo in the answer")

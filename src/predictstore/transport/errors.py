@@ -26,6 +26,7 @@ from predictstore.errors import (
     NotFound,
     PredictstoreError,
     ResourceExhausted,
+    ShuttingDown,
     Unavailable,
     echo,
 )
@@ -58,6 +59,8 @@ _CODES: dict[type[PredictstoreError], tuple[grpc.StatusCode, int, str]] = {
         code_pb2.DEADLINE_EXCEEDED,
         "STATEMENT_TIMEOUT",
     ),
+    # before Unavailable, its base class: the first match wins
+    ShuttingDown: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "SHUTTING_DOWN"),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
 }
 
@@ -80,6 +83,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Sta
         if isinstance(exc, InvalidArgument):
             details.append(_pack(_bad_request(exc.violations)))
         elif isinstance(exc, Unavailable):
+            if isinstance(exc, ShuttingDown) and exc.progress:
+                # how far the call got, e.g. accepted_points: what the client need not resend
+                details[0] = _pack(
+                    error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=exc.progress)
+                )
             delay = duration_pb2.Duration()
             delay.FromMilliseconds(int(exc.retry_after_s * 1000))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))

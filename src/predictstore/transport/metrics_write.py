@@ -38,7 +38,7 @@ from predictstore.domain.metrics import (
     validate_series,
 )
 from predictstore.domain.validation import check_id
-from predictstore.errors import FieldViolation, InvalidArgument
+from predictstore.errors import FieldViolation, InvalidArgument, ShuttingDown
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
 from predictstore.storage.metrics_write import (
@@ -55,7 +55,9 @@ MAX_MEMO_SERIES = 1_000_000
 READ_AHEAD_MESSAGES = 2
 BUSY_WAIT_FACTOR = 10
 MAX_TIME_US = 2**62  # far beyond any accepted time, and safe from int64 overflow
-_END = object()
+_END = object()  # the client ended its stream: everything was read
+_STOPPED = object()  # reading stopped before the client ended its stream
+DRAIN_RETRY_AFTER_S = 1.0
 MAX_SEQUENCE = 2**63 - 1  # sequences are int64 wherever they are stored or compared
 _SERIALIZE = pb.SeriesKey.SerializeToString
 
@@ -160,7 +162,9 @@ class MetricsWriteHandlers:
     def drain(self) -> None:
         """Shutdown: every open stream stops reading, commits what it holds, sends its
         last acknowledgement or reply and ends, instead of being cut off at the grace
-        deadline with uncommitted points."""
+        deadline with uncommitted points. A call that did not get to the end of its
+        client's stream ends UNAVAILABLE (ShuttingDown, with RetryInfo) saying how far it
+        got, never OK: the client resends the rest, to this server's successor."""
         for stream in list(self._streams):
             stream.stop_reading()
 
@@ -172,6 +176,20 @@ class MetricsWriteHandlers:
         tally = _Tally(self.options.max_rejections_reported)
         stream = _Stream(self, tally.add)
         await stream.run(request_iterator, lambda message, index: index)
+        if not stream.complete:
+            # messages are committed in order: the first ``committed_messages`` are stored
+            raise ShuttingDown(
+                "the server is shutting down: the call was not read to its end; "
+                f"{tally.through + 1} messages ({tally.accepted} points) were committed, "
+                "resend the rest (messages with a batch_id are safe to resend)",
+                retry_after_s=DRAIN_RETRY_AFTER_S,
+                progress={
+                    "committed_messages": str(tally.through + 1),
+                    "accepted_points": str(tally.accepted),
+                    "rejected_points": str(tally.rejected_count),
+                    "replayed_batches": str(len(tally.replayed)),
+                },
+            )
         return pb.WriteMetricsResponse(
             accepted_points=tally.accepted,
             rejected_points=tally.rejected_count,
@@ -193,6 +211,7 @@ class MetricsWriteHandlers:
             wake.set()
 
         last = 0  # sequences start at 1; 0 in a message means "the previous one + 1"
+        last_acked = 0
 
         def sequence_of(message: Any, index: int) -> int:
             nonlocal last
@@ -224,10 +243,20 @@ class MetricsWriteHandlers:
                         rejected=pending.rejected,
                         replayed_batch_ids=pending.replayed,
                     )
+                    last_acked = pending.through
                     pending = _Tally(cap)
                     yield ack
                 if runner.done():
                     runner.result()
+                    if not stream.complete:
+                        # after the final ack: a clean, retryable end, so the client
+                        # reconnects and resends what follows ``last_acked``
+                        raise ShuttingDown(
+                            "the server is shutting down: resend the batches after "
+                            f"sequence {last_acked} to a server that is up",
+                            retry_after_s=DRAIN_RETRY_AFTER_S,
+                            progress={"committed_through_sequence": str(last_acked)},
+                        )
                     return
         finally:
             if not runner.done():
@@ -454,6 +483,8 @@ class _Stream:
         self.reader: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD_MESSAGES)
         self.stopping = False
+        # whether the client's stream was read to its end (false after stop_reading)
+        self.complete = False
 
     def stop_reading(self) -> None:
         """End the stream after what was already read (see MetricsWriteHandlers.drain)."""
@@ -461,7 +492,7 @@ class _Stream:
         if self.reader is not None:
             self.reader.cancel()
         with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(_END)
+            self.queue.put_nowait(_STOPPED)
 
     async def run(
         self, request_iterator: AsyncIterator[Any], sequence_of: Callable[[Any, int], int]
@@ -482,6 +513,9 @@ class _Stream:
                         await self._flush()
                     continue
                 if item is _END:
+                    self.complete = True
+                    break
+                if item is _STOPPED:
                     break
                 if isinstance(item, BaseException):
                     raise item
@@ -596,7 +630,7 @@ async def _read(request_iterator: AsyncIterator[Any], queue: asyncio.Queue[Any])
     except asyncio.CancelledError:
         # a commit failed: wake the consumer if it waits (if the queue is full it does not)
         with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(_END)
+            queue.put_nowait(_STOPPED)
         raise
     except Exception as exc:  # surfaced by the consumer
         await queue.put(exc)
