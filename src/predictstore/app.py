@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +34,12 @@ from predictstore.transport.admin import AdminServicer
 from predictstore.transport.audit import AuditInterceptor
 from predictstore.transport.auth import AuthInterceptor
 from predictstore.transport.errors import ErrorInterceptor
-from predictstore.transport.exposure import auth_policy, check_exposure, server_credentials
+from predictstore.transport.exposure import (
+    ConfigurationError,
+    auth_policy,
+    check_exposure,
+    server_credentials,
+)
 from predictstore.transport.feedback import FeedbackServicer
 from predictstore.transport.health import HealthReporter
 from predictstore.transport.limits import StreamLimitInterceptor
@@ -122,6 +129,9 @@ async def start_server(
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
             ("grpc.max_metadata_size", settings.max_metadata_bytes),
+            # gRPC sets SO_REUSEPORT by default: a second server on the same port would
+            # silently share it (and its callers) instead of failing to start
+            ("grpc.so_reuseport", 0),
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -172,12 +182,15 @@ async def start_server(
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc.aio's "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise _cannot_listen(address, "port in use or address not on this host")
     reporter = HealthReporter(
         health_servicer, SERVICE_NAMES, db.ping, settings.health_check_interval_s
     )
@@ -195,6 +208,37 @@ async def start_server(
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)
     return running
+
+
+def _cannot_listen(address: str, reason: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot listen on {address} (PREDICTSTORE_LISTEN / --listen): {reason}; "
+        "stop what holds it or choose another HOST:PORT"
+    )
+
+
+def check_can_listen(address: str) -> None:
+    """Fail at once, before the database starts, when ``address`` cannot be bound.
+
+    gRPC would find out later and log a core error line besides. Binding as gRPC does
+    (SO_REUSEADDR, no SO_REUSEPORT) tells the same; a race with another process stays
+    possible, and then the bind in :func:`start_server` reports it.
+    """
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _cannot_listen(address, f"unknown host ({exc.strerror or exc})") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                reason = "port in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise _cannot_listen(address, reason or str(exc)) from None
 
 
 def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
@@ -239,6 +283,7 @@ async def serve(settings: Settings) -> None:
     # configuration mistakes surface before anything starts
     check_exposure(settings, settings.listen, auth_policy(settings))
     server_credentials(settings)
+    check_can_listen(settings.listen)
     telemetry = configure_telemetry(
         trace_exporter=settings.otel_exporter,
         metrics_exporter=settings.otel_metrics_exporter,

@@ -8,13 +8,20 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from predictstore import __version__
 from predictstore.domain.auth import SCOPES, check_scopes, hash_key, new_key
 from predictstore.errors import PredictstoreError
 from predictstore.settings import Settings
+from predictstore.startup import (
+    describe_database_error,
+    describe_settings_error,
+    unknown_settings_warnings,
+)
 
 # The server forks only to run pg_ctl; gRPC's fork handlers would just log about it.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -55,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return _create_key(args.name, args.scopes)
     overrides = {"listen": args.listen} if getattr(args, "listen", None) else {}
+    flags = {"listen": "--listen"} if overrides else {}
+    for line in unknown_settings_warnings(os.environ, Path(".env")):
+        _say(line)
     try:
         settings = Settings(**overrides)
-    except ValidationError as exc:
-        for error in exc.errors():
-            name = ".".join(str(p) for p in error["loc"])
-            print(f"predictstore: invalid setting {name}: {error['msg']}", file=sys.stderr)
+    except (ValidationError, SettingsError) as exc:
+        _say(describe_settings_error(exc, flags))
         return 2
     from predictstore.transport.exposure import ConfigurationError
 
@@ -72,15 +80,32 @@ def main(argv: list[str] | None = None) -> int:
         else:
             return _migrate(settings, args.revision, args.downgrade)
     except ConfigurationError as exc:
-        print(f"predictstore: {exc}", file=sys.stderr)
+        _say(str(exc))
         return 2
-    except PredictstoreError as exc:
-        print(f"predictstore: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"predictstore: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        problem = _database_problem(exc, settings)
+        if problem is not None:
+            _say(problem)
+            return 2
+        if isinstance(exc, PredictstoreError | OSError):
+            _say(str(exc))
+            return 1
+        raise
     return 0
+
+
+def _say(line: str) -> None:
+    print(f"predictstore: {line}", file=sys.stderr)
+
+
+def _database_problem(exc: Exception, settings: Settings) -> str | None:
+    """One line if ``exc`` says the configured database cannot be used, else None."""
+    if settings.database_url is not None:
+        return describe_database_error(exc, settings.database_url, "PREDICTSTORE_DATABASE_URL")
+    from predictstore.embedded import EmbeddedPostgres
+
+    url = EmbeddedPostgres(settings.data_dir).url()
+    return describe_database_error(exc, url, "PREDICTSTORE_DATA_DIR")
 
 
 def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:

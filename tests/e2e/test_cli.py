@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
+from tests.conftest import PostgresServer
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -105,3 +107,89 @@ def test_bad_listen_setting_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _run_cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "predictstore", *args],
+        env={**_env(data_dir), **env},
+        cwd=data_dir,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def _assert_one_line(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Exit 2, one line on stderr, no traceback, each of ``words`` in it."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PREDICTSTORE_DATABASE_URL", "nonsense"),
+        ("PREDICTSTORE_DATABASE_URL", "postgresql://db:port/x"),
+        ("PREDICTSTORE_API_KEYS", "not json"),
+        ("PREDICTSTORE_API_KEYS", '[{"name": "x"}]'),
+        ("PREDICTSTORE_LOG_LEVEL", "LOUD"),
+        ("PREDICTSTORE_PROMETHEUS_LISTEN", "9090"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, variable: str, value: str) -> None:
+    result = _run_cli(tmp_path, "serve", **{variable: value})
+    _assert_one_line(result, variable)
+
+
+@pytest.mark.parametrize("listen", [":99999", "127.0.0.1:99999", "127.0.0.1:65536"])
+def test_listen_port_out_of_range_is_refused(tmp_path: Path, listen: str) -> None:
+    result = _run_cli(tmp_path, "serve", "--listen", listen)
+    _assert_one_line(result, "--listen", "0-65535")
+
+
+def test_an_unreachable_database_names_host_port_and_cause(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"postgresql://predictstore@127.0.0.1:{port}/predictstore"
+    for command in ("serve", "migrate"):
+        result = _run_cli(tmp_path, command, PREDICTSTORE_DATABASE_URL=url)
+        line = _assert_one_line(result, "unavailable", "127.0.0.1", f"port {port}")
+        assert "refused" in line.lower(), line
+
+
+def test_an_unknown_database_is_one_line(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    url = postgres_server.url("no_such_database")
+    for command in ("serve", "migrate"):
+        result = _run_cli(tmp_path, command, PREDICTSTORE_DATABASE_URL=url)
+        _assert_one_line(result, "PREDICTSTORE_DATABASE_URL", "no_such_database", "does not exist")
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path, database_url: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _run_cli(
+            tmp_path,
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            PREDICTSTORE_DATABASE_URL=database_url,
+            PREDICTSTORE_MAINTENANCE_INTERVAL_S="0",
+        )
+    _assert_one_line(result, f"127.0.0.1:{port}", "port in use")
+
+
+def test_unknown_settings_are_reported(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PREDICTSTORE_LISTN=127.0.0.1:1\nLOG_LEVEL=DEBUG\n")
+    result = _run_cli(tmp_path, "serve", "--listen", "x", PREDICTSTORE_POOL_SIZE="3")
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert any("PREDICTSTORE_POOL_SIZE" in line for line in warnings), result.stderr
+    assert any("PREDICTSTORE_LISTN" in line and "PREDICTSTORE_LISTEN" in line for line in warnings)
+    assert any("LOG_LEVEL" in line and "PREDICTSTORE_LOG_LEVEL" in line for line in warnings)
