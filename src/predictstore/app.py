@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from predictstore import migrate
 from predictstore.domain.feedback import FeedbackLimits
 from predictstore.domain.predictions import PredictionLimits
-from predictstore.embedded import EmbeddedPostgres
+from predictstore.embedded import EmbeddedPostgres, data_dir_lock
 from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.audit import AuditStore
@@ -278,12 +278,20 @@ def tune_gc() -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT: the ``predictstore serve`` command."""
+    """Run until SIGTERM, SIGINT or SIGHUP: the ``predictstore serve`` command."""
     configure_logging(settings.log_level, settings.log_format)
     # configuration mistakes surface before anything starts
     check_exposure(settings, settings.listen, auth_policy(settings))
     server_credentials(settings)
     check_can_listen(settings.listen)
+    if settings.database_url is not None:
+        await _serve(settings)
+        return
+    with data_dir_lock(settings.data_dir):
+        await _serve(settings)
+
+
+async def _serve(settings: Settings) -> None:
     telemetry = configure_telemetry(
         trace_exporter=settings.otel_exporter,
         metrics_exporter=settings.otel_metrics_exporter,
@@ -308,7 +316,9 @@ async def serve(settings: Settings) -> None:
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            # SIGHUP (a closed terminal, some supervisors) drains too: by default it would
+            # kill the process and leave the embedded PostgreSQL running, orphaned
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             await running.stop(settings.shutdown_grace_s)

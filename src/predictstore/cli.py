@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         _say(describe_settings_error(exc, flags))
         return 2
+    from predictstore.embedded import DataDirLocked
     from predictstore.transport.exposure import ConfigurationError
 
     try:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(settings))
         else:
             return _migrate(settings, args.revision, args.downgrade)
-    except ConfigurationError as exc:
+    except (ConfigurationError, DataDirLocked) as exc:
         _say(str(exc))
         return 2
     except Exception as exc:
@@ -110,23 +112,22 @@ def _database_problem(exc: Exception, settings: Settings) -> str | None:
 
 def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
     from predictstore import migrate
-    from predictstore.embedded import EmbeddedPostgres
+    from predictstore.embedded import EmbeddedPostgres, data_dir_lock
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    embedded = None
-    url = settings.database_url
-    if url is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        embedded.start()
-        url = embedded.url()
-    try:
+    with contextlib.ExitStack() as held:
+        embedded = None
+        url = settings.database_url
+        if url is None:
+            held.enter_context(data_dir_lock(settings.data_dir))
+            embedded = EmbeddedPostgres(settings.data_dir)
+            embedded.start()
+            held.callback(embedded.stop)
+            url = embedded.url()
         if downgrade:
             migrate.downgrade(url, revision=revision)
         else:
             migrate.upgrade(url, storage_mode=settings.storage_mode, revision=revision)
-    finally:
-        if embedded is not None:
-            embedded.stop()
     print(f"predictstore: schema at {revision}")
     return 0
 

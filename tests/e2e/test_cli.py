@@ -33,6 +33,15 @@ def _env(data_dir: Path) -> dict[str, str]:
 @contextmanager
 def serving(data_dir: Path, port: int) -> Iterator[grpc.Channel]:
     """Run `predictstore serve` until the block ends, then SIGTERM it and check it exits 0."""
+    with serving_process(data_dir, port) as (channel, _):
+        yield channel
+
+
+@contextmanager
+def serving_process(
+    data_dir: Path, port: int, stop_signal: signal.Signals = signal.SIGTERM
+) -> Iterator[tuple[grpc.Channel, subprocess.Popen[str]]]:
+    """``serving``, also yielding the process; ``stop_signal`` ends it."""
     process = subprocess.Popen(
         [sys.executable, "-m", "predictstore", "serve", "--listen", f"127.0.0.1:{port}"],
         env=_env(data_dir),
@@ -42,25 +51,29 @@ def serving(data_dir: Path, port: int) -> Iterator[grpc.Channel]:
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "server did not come up in 60 s"
-                time.sleep(0.2)
-            yield channel
+            wait_serving(channel, process)
+            yield channel, process
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert "action=shutdown" in output
     assert "action=embedded_stop" in output
+
+
+def wait_serving(channel: grpc.Channel, process: subprocess.Popen[str]) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, "server did not come up in 60 s"
+        time.sleep(0.2)
 
 
 def test_serve_on_embedded_database_keeps_data_across_restarts(tmp_path: Path) -> None:
@@ -193,3 +206,33 @@ def test_unknown_settings_are_reported(tmp_path: Path) -> None:
     assert any("PREDICTSTORE_POOL_SIZE" in line for line in warnings), result.stderr
     assert any("PREDICTSTORE_LISTN" in line and "PREDICTSTORE_LISTEN" in line for line in warnings)
     assert any("LOG_LEVEL" in line and "PREDICTSTORE_LOG_LEVEL" in line for line in warnings)
+
+
+def test_a_second_serve_on_the_same_port_or_data_dir_refuses_and_leaves_the_first(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    with serving_process(tmp_path, port) as (channel, first):
+        same_port = _run_cli(tmp_path, "serve", "--listen", f"127.0.0.1:{port}")
+        _assert_one_line(same_port, "port in use")
+        same_dir = _run_cli(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}")
+        _assert_one_line(same_dir, f"locked by pid {first.pid}", "PREDICTSTORE_DATA_DIR")
+        migrate = _run_cli(tmp_path, "migrate")
+        _assert_one_line(migrate, f"locked by pid {first.pid}")
+        # the first server's database is untouched: it still serves and stores
+        time.sleep(2.5)  # past one health probe interval
+        wait_serving(channel, first)
+        PredictionServiceStub(channel).CreatePrediction(
+            pb.CreatePredictionRequest(
+                prediction=pb.Prediction(prediction_id="after", user_id="u", prediction_type="t")
+            ),
+            timeout=10,
+        )
+
+
+def test_sighup_drains_and_stops_the_embedded_database(tmp_path: Path) -> None:
+    from predictstore.embedded import EmbeddedPostgres
+
+    with serving_process(tmp_path, free_port(), signal.SIGHUP):
+        assert EmbeddedPostgres(tmp_path).is_running()
+    assert not EmbeddedPostgres(tmp_path).is_running()
