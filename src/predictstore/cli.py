@@ -39,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051)"
     )
+    health = commands.add_parser(
+        "health", help="exit 0 if the server of these settings is SERVING (for probes)"
+    )
+    health.add_argument(
+        "--address", metavar="HOST:PORT", help="server to ask (default: from PREDICTSTORE_LISTEN)"
+    )
+    health.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    health.add_argument("--ca-file", type=Path, help="TLS: CA to trust (default: the server cert)")
+    health.add_argument("--server-name", help="TLS: name the certificate is for")
+    health.add_argument("--client-cert", type=Path, help="mTLS: client certificate (PEM)")
+    health.add_argument("--client-key", type=Path, help="mTLS: its private key (PEM)")
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="make a new API key and its config entry")
@@ -74,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from predictstore.embedded import DataDirLocked
     from predictstore.transport.exposure import ConfigurationError
 
+    if args.command == "health":
+        return _health(settings, args)
     try:
         if args.command == "serve":
             from predictstore.app import serve
@@ -130,6 +143,28 @@ def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
             migrate.upgrade(url, storage_mode=settings.storage_mode, revision=revision)
     print(f"predictstore: schema at {revision}")
     return 0
+
+
+def _health(settings: Settings, args: argparse.Namespace) -> int:
+    from predictstore.probe import channel_for, check, probe_target
+
+    target = args.address or probe_target(settings.listen)
+    try:
+        channel = channel_for(
+            settings,
+            target,
+            ca_file=args.ca_file,
+            server_name=args.server_name,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+        )
+    except OSError as exc:
+        _say(f"cannot read a TLS file: {exc}")
+        return 2
+    with channel:
+        status = check(channel, args.timeout)
+    print(f"{target}: {status}")
+    return 0 if status == "SERVING" else 1
 
 
 def _create_key(name: str, scopes: list[str]) -> int:
