@@ -313,6 +313,10 @@ async def _serve(settings: Settings) -> None:
         db = await Database.open(url, pool_settings(settings))
         try:
             running = await start_server(settings, db)
+            if embedded is not None:
+                running.tasks.append(
+                    asyncio.create_task(embedded.supervise(settings.health_check_interval_s))
+                )
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ Unix socket only (no TCP port), inside its data directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -14,6 +15,7 @@ import os
 import pwd
 import stat
 import subprocess
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +87,10 @@ class EmbeddedPostgres:
         self.socket_dir = self._socket_dir(data_dir.resolve())
         self.extra_settings = extra_settings or {}
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
+        # ``restart_if_down`` (the supervisor's thread) never starts a server after
+        # ``stop``: that would leave it running, orphaned, once the service exits
+        self._lock = threading.Lock()
+        self._stopped = False
 
     @staticmethod
     def _socket_dir(data_dir: Path) -> Path:
@@ -159,10 +165,42 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server if it runs; ``mode`` is pg_ctl's (smart, fast, immediate)."""
-        if not self.is_running():
-            return
-        self._pg_ctl(["-w", "-t", "60", "-m", mode, "stop"])
+        with self._lock:
+            self._stopped = True
+            if not self.is_running():
+                return
+            self._pg_ctl(["-w", "-t", "60", "-m", mode, "stop"])
         log.info("embedded postgres stopped", extra={"action": "embedded_stop"})
+
+    def restart_if_down(self) -> bool:
+        """Start the server again if it died (unless stopped); True if it had to."""
+        with self._lock:
+            if self._stopped or self.is_running():
+                return False
+            log.warning("embedded postgres is down, restarting", extra={"action": "embedded_down"})
+            self.start()
+        log.info("embedded postgres restarted", extra={"action": "embedded_restart"})
+        return True
+
+    async def supervise(self, interval_s: float) -> None:
+        """Keep the server up while the service runs: check every ``interval_s``.
+
+        A crashed PostgreSQL may refuse to start until its dying backends are gone, so
+        a failed restart is logged and tried again, backing off to 30 s.
+        """
+        delay = interval_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self.restart_if_down)
+            except Exception as exc:  # pg_ctl failed: keep trying
+                delay = min(delay * 2, 30.0)
+                log.warning(
+                    "embedded postgres restart failed",
+                    extra={"action": "embedded_restart_failed", "error": str(exc)[:500]},
+                )
+            else:
+                delay = interval_s
 
     def _pg_ctl(self, args: list[str]) -> str:
         result: str = pg.pg_ctl(args, pgdata=self.pgdata, user=self._run_as, timeout=90)

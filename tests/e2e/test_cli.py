@@ -236,3 +236,30 @@ def test_sighup_drains_and_stops_the_embedded_database(tmp_path: Path) -> None:
     with serving_process(tmp_path, free_port(), signal.SIGHUP):
         assert EmbeddedPostgres(tmp_path).is_running()
     assert not EmbeddedPostgres(tmp_path).is_running()
+
+
+def test_a_crashed_embedded_database_is_restarted_and_health_recovers(tmp_path: Path) -> None:
+    with serving_process(tmp_path, free_port()) as (channel, process):
+        pid_file = tmp_path / "pgdata" / "postmaster.pid"
+        crashed = int(pid_file.read_text().split()[0])
+        os.kill(crashed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # a new postmaster, then a store that works again
+            time.sleep(0.5)
+            assert process.poll() is None
+            assert time.monotonic() < deadline, "embedded postgres was not restarted in 60 s"
+            try:
+                if int(pid_file.read_text().split()[0]) == crashed:
+                    continue
+                PredictionServiceStub(channel).CreatePrediction(
+                    pb.CreatePredictionRequest(
+                        prediction=pb.Prediction(
+                            prediction_id="after-crash", user_id="u", prediction_type="t"
+                        )
+                    ),
+                    timeout=5,
+                )
+                break
+            except (OSError, ValueError, IndexError, grpc.RpcError):
+                continue
+        wait_serving(channel, process)
