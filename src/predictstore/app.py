@@ -231,14 +231,19 @@ def check_can_listen(address: str) -> None:
         infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
     except OSError as exc:
         raise _cannot_listen(address, f"unknown host ({exc.strerror or exc})") from None
+    failures: list[OSError] = []
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
-                reason = "port in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-                raise _cannot_listen(address, reason or str(exc)) from None
+                if exc.errno == errno.EADDRINUSE:
+                    raise _cannot_listen(address, "port in use") from None
+                failures.append(exc)
+    # like gRPC, one bindable address of the host's several (e.g. no IPv6) is enough
+    if failures and len(failures) == len(infos):
+        raise _cannot_listen(address, failures[0].strerror or str(failures[0]))
 
 
 def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
