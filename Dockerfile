@@ -1,8 +1,12 @@
 # predictstore: gRPC on 0.0.0.0:50051. Point PREDICTSTORE_DATABASE_URL at PostgreSQL or
 # TimescaleDB (see docker-compose.yml); without it the service runs an embedded
 # PostgreSQL in /data. Listening beyond loopback needs API keys (PREDICTSTORE_API_KEYS)
-# or mTLS, or an explicit PREDICTSTORE_ALLOW_INSECURE=true: the server refuses otherwise.
-FROM python:3.11-slim
+# or mTLS, or an explicit PREDICTSTORE_ALLOW_INSECURE=true: the server refuses otherwise
+# (exit 2), so a bare `docker run IMAGE` stops at once by design. Run it as
+#   docker run -e PREDICTSTORE_API_KEYS='[...]' -p 50051:50051 IMAGE   (keys: `predictstore keys create`)
+# or, for a try on this machine only,
+#   docker run -e PREDICTSTORE_ALLOW_INSECURE=true -p 127.0.0.1:50051:50051 IMAGE
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -25,8 +29,12 @@ ENV PREDICTSTORE_LISTEN=0.0.0.0:50051 \
 EXPOSE 50051
 VOLUME ["/data"]
 
+# `predictstore health` dials what PREDICTSTORE_LISTEN says (a wildcard host over loopback)
+# with TLS when PREDICTSTORE_TLS_CERT_FILE is set, trusting that certificate; a certificate
+# for another name needs --server-name, mTLS --client-cert/--client-key (override the
+# HEALTHCHECK, e.g. in compose).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+    CMD ["predictstore", "health", "--timeout", "4"]
 
 ENTRYPOINT ["predictstore"]
 CMD ["serve"]

@@ -35,7 +35,7 @@ from predictstore.v1 import (
 )
 from tests.helpers import with_database
 
-TIMESCALE_IMAGE = "timescale/timescaledb:latest-pg17"
+TIMESCALE_IMAGE = "timescale/timescaledb:2.29.2-pg17"  # as docker-compose.yml
 # tests fork (pg_ctl, grpcurl) while gRPC threads run; its fork handlers only log about it
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 _OWN_BASETEMP = pytest.StashKey[str]()

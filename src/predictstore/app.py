@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from predictstore import migrate
 from predictstore.domain.feedback import FeedbackLimits
 from predictstore.domain.predictions import PredictionLimits
-from predictstore.embedded import EmbeddedPostgres
+from predictstore.embedded import EmbeddedPostgres, data_dir_lock
 from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.audit import AuditStore
@@ -32,7 +34,12 @@ from predictstore.transport.admin import AdminServicer
 from predictstore.transport.audit import AuditInterceptor
 from predictstore.transport.auth import AuthInterceptor
 from predictstore.transport.errors import ErrorInterceptor
-from predictstore.transport.exposure import auth_policy, check_exposure, server_credentials
+from predictstore.transport.exposure import (
+    ConfigurationError,
+    auth_policy,
+    check_exposure,
+    server_credentials,
+)
 from predictstore.transport.feedback import FeedbackServicer
 from predictstore.transport.health import HealthReporter
 from predictstore.transport.limits import StreamLimitInterceptor
@@ -122,6 +129,9 @@ async def start_server(
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
             ("grpc.max_metadata_size", settings.max_metadata_bytes),
+            # gRPC sets SO_REUSEPORT by default: a second server on the same port would
+            # silently share it (and its callers) instead of failing to start
+            ("grpc.so_reuseport", 0),
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -172,12 +182,15 @@ async def start_server(
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc.aio's "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise _cannot_listen(address, "port in use or address not on this host")
     reporter = HealthReporter(
         health_servicer, SERVICE_NAMES, db.ping, settings.health_check_interval_s
     )
@@ -195,6 +208,42 @@ async def start_server(
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)
     return running
+
+
+def _cannot_listen(address: str, reason: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot listen on {address} (PREDICTSTORE_LISTEN / --listen): {reason}; "
+        "stop what holds it or choose another HOST:PORT"
+    )
+
+
+def check_can_listen(address: str) -> None:
+    """Fail at once, before the database starts, when ``address`` cannot be bound.
+
+    gRPC would find out later and log a core error line besides. Binding as gRPC does
+    (SO_REUSEADDR, no SO_REUSEPORT) tells the same; a race with another process stays
+    possible, and then the bind in :func:`start_server` reports it.
+    """
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _cannot_listen(address, f"unknown host ({exc.strerror or exc})") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise _cannot_listen(address, "port in use") from None
+                failures.append(exc)
+    # like gRPC, one bindable address of the host's several (e.g. no IPv6) is enough
+    if failures and len(failures) == len(infos):
+        raise _cannot_listen(address, failures[0].strerror or str(failures[0]))
 
 
 def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
@@ -235,11 +284,20 @@ def tune_gc() -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT: the ``predictstore serve`` command."""
+    """Run until SIGTERM, SIGINT or SIGHUP: the ``predictstore serve`` command."""
     configure_logging(settings.log_level, settings.log_format)
     # configuration mistakes surface before anything starts
     check_exposure(settings, settings.listen, auth_policy(settings))
     server_credentials(settings)
+    check_can_listen(settings.listen)
+    if settings.database_url is not None:
+        await _serve(settings)
+        return
+    with data_dir_lock(settings.data_dir):
+        await _serve(settings)
+
+
+async def _serve(settings: Settings) -> None:
     telemetry = configure_telemetry(
         trace_exporter=settings.otel_exporter,
         metrics_exporter=settings.otel_metrics_exporter,
@@ -261,10 +319,16 @@ async def serve(settings: Settings) -> None:
         db = await Database.open(url, pool_settings(settings))
         try:
             running = await start_server(settings, db)
+            if embedded is not None:
+                running.tasks.append(
+                    asyncio.create_task(embedded.supervise(settings.health_check_interval_s))
+                )
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            # SIGHUP (a closed terminal, some supervisors) drains too: by default it would
+            # kill the process and leave the embedded PostgreSQL running, orphaned
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             await running.stop(settings.shutdown_grace_s)

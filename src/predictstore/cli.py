@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from predictstore import __version__
 from predictstore.domain.auth import SCOPES, check_scopes, hash_key, new_key
 from predictstore.errors import PredictstoreError
 from predictstore.settings import Settings
+from predictstore.startup import (
+    describe_database_error,
+    describe_settings_error,
+    unknown_settings_warnings,
+)
 
 # The server forks only to run pg_ctl; gRPC's fork handlers would just log about it.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -31,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051)"
     )
+    health = commands.add_parser(
+        "health", help="exit 0 if the server of these settings is SERVING (for probes)"
+    )
+    health.add_argument(
+        "--address", metavar="HOST:PORT", help="server to ask (default: from PREDICTSTORE_LISTEN)"
+    )
+    health.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    health.add_argument("--ca-file", type=Path, help="TLS: CA to trust (default: the server cert)")
+    health.add_argument("--server-name", help="TLS: name the certificate is for")
+    health.add_argument("--client-cert", type=Path, help="mTLS: client certificate (PEM)")
+    health.add_argument("--client-key", type=Path, help="mTLS: its private key (PEM)")
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="make a new API key and its config entry")
@@ -55,15 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return _create_key(args.name, args.scopes)
     overrides = {"listen": args.listen} if getattr(args, "listen", None) else {}
+    flags = {"listen": "--listen"} if overrides else {}
+    for line in unknown_settings_warnings(os.environ, Path(".env")):
+        _say(line)
     try:
         settings = Settings(**overrides)
-    except ValidationError as exc:
-        for error in exc.errors():
-            name = ".".join(str(p) for p in error["loc"])
-            print(f"predictstore: invalid setting {name}: {error['msg']}", file=sys.stderr)
+    except (ValidationError, SettingsError) as exc:
+        _say(describe_settings_error(exc, flags))
         return 2
+    from predictstore.embedded import DataDirLocked
     from predictstore.transport.exposure import ConfigurationError
 
+    if args.command == "health":
+        return _health(settings, args)
     try:
         if args.command == "serve":
             from predictstore.app import serve
@@ -71,39 +94,77 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(settings))
         else:
             return _migrate(settings, args.revision, args.downgrade)
-    except ConfigurationError as exc:
-        print(f"predictstore: {exc}", file=sys.stderr)
+    except (ConfigurationError, DataDirLocked) as exc:
+        _say(str(exc))
         return 2
-    except PredictstoreError as exc:
-        print(f"predictstore: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"predictstore: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        problem = _database_problem(exc, settings)
+        if problem is not None:
+            _say(problem)
+            return 2
+        if isinstance(exc, PredictstoreError | OSError):
+            _say(str(exc))
+            return 1
+        raise
     return 0
+
+
+def _say(line: str) -> None:
+    print(f"predictstore: {line}", file=sys.stderr)
+
+
+def _database_problem(exc: Exception, settings: Settings) -> str | None:
+    """One line if ``exc`` says the configured database cannot be used, else None."""
+    if settings.database_url is not None:
+        return describe_database_error(exc, settings.database_url, "PREDICTSTORE_DATABASE_URL")
+    from predictstore.embedded import EmbeddedPostgres
+
+    url = EmbeddedPostgres(settings.data_dir).url()
+    return describe_database_error(exc, url, "PREDICTSTORE_DATA_DIR")
 
 
 def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
     from predictstore import migrate
-    from predictstore.embedded import EmbeddedPostgres
+    from predictstore.embedded import EmbeddedPostgres, data_dir_lock
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    embedded = None
-    url = settings.database_url
-    if url is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        embedded.start()
-        url = embedded.url()
-    try:
+    with contextlib.ExitStack() as held:
+        embedded = None
+        url = settings.database_url
+        if url is None:
+            held.enter_context(data_dir_lock(settings.data_dir))
+            embedded = EmbeddedPostgres(settings.data_dir)
+            embedded.start()
+            held.callback(embedded.stop)
+            url = embedded.url()
         if downgrade:
             migrate.downgrade(url, revision=revision)
         else:
             migrate.upgrade(url, storage_mode=settings.storage_mode, revision=revision)
-    finally:
-        if embedded is not None:
-            embedded.stop()
     print(f"predictstore: schema at {revision}")
     return 0
+
+
+def _health(settings: Settings, args: argparse.Namespace) -> int:
+    from predictstore.probe import channel_for, check, probe_target
+
+    target = args.address or probe_target(settings.listen)
+    try:
+        channel = channel_for(
+            settings,
+            target,
+            ca_file=args.ca_file,
+            server_name=args.server_name,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+        )
+    except OSError as exc:
+        _say(f"cannot read a TLS file: {exc}")
+        return 2
+    with channel:
+        status = check(channel, args.timeout)
+    print(f"{target}: {status}")
+    return 0 if status == "SERVING" else 1
 
 
 def _create_key(name: str, scopes: list[str]) -> int:

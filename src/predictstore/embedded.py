@@ -7,12 +7,17 @@ Unix socket only (no TCP port), inside its data directory.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import pwd
 import stat
 import subprocess
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +32,8 @@ with warnings.catch_warnings():
         ensure_user_exists,
     )
 
+from predictstore.errors import PredictstoreError
+
 log = logging.getLogger(__name__)
 
 # initdb, pg_ctl & co. are generated into this module at import time
@@ -37,6 +44,41 @@ SUPERUSER = "postgres"
 SOCKET_NAME_LIMIT = 100  # sun_path is 108 bytes; ".s.PGSQL.5432" needs the rest
 
 
+LOCK_NAME = "predictstore.lock"
+
+
+class DataDirLocked(PredictstoreError):
+    """Another predictstore process uses this data directory."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory for this process while the block runs.
+
+    Without it a second ``serve`` or ``migrate`` on the same directory finds the first
+    one's PostgreSQL running, uses it, and stops it when it exits. ``flock`` is released
+    by the kernel when the process dies, so a crash never leaves a stale lock; the pid in
+    the file only tells the operator who holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise DataDirLocked(
+                f"data dir {data_dir} locked by pid {holder} (PREDICTSTORE_DATA_DIR): stop "
+                "that predictstore or give this one another PREDICTSTORE_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class EmbeddedPostgres:
     """One PostgreSQL data directory and the server that runs on it."""
 
@@ -45,6 +87,10 @@ class EmbeddedPostgres:
         self.socket_dir = self._socket_dir(data_dir.resolve())
         self.extra_settings = extra_settings or {}
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
+        # ``restart_if_down`` (the supervisor's thread) never starts a server after
+        # ``stop``: that would leave it running, orphaned, once the service exits
+        self._lock = threading.Lock()
+        self._stopped = False
 
     @staticmethod
     def _socket_dir(data_dir: Path) -> Path:
@@ -119,10 +165,42 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server if it runs; ``mode`` is pg_ctl's (smart, fast, immediate)."""
-        if not self.is_running():
-            return
-        self._pg_ctl(["-w", "-t", "60", "-m", mode, "stop"])
+        with self._lock:
+            self._stopped = True
+            if not self.is_running():
+                return
+            self._pg_ctl(["-w", "-t", "60", "-m", mode, "stop"])
         log.info("embedded postgres stopped", extra={"action": "embedded_stop"})
+
+    def restart_if_down(self) -> bool:
+        """Start the server again if it died (unless stopped); True if it had to."""
+        with self._lock:
+            if self._stopped or self.is_running():
+                return False
+            log.warning("embedded postgres is down, restarting", extra={"action": "embedded_down"})
+            self.start()
+        log.info("embedded postgres restarted", extra={"action": "embedded_restart"})
+        return True
+
+    async def supervise(self, interval_s: float) -> None:
+        """Keep the server up while the service runs: check every ``interval_s``.
+
+        A crashed PostgreSQL may refuse to start until its dying backends are gone, so
+        a failed restart is logged and tried again, backing off to 30 s.
+        """
+        delay = interval_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self.restart_if_down)
+            except Exception as exc:  # pg_ctl failed: keep trying
+                delay = min(delay * 2, 30.0)
+                log.warning(
+                    "embedded postgres restart failed",
+                    extra={"action": "embedded_restart_failed", "error": str(exc)[:500]},
+                )
+            else:
+                delay = interval_s
 
     def _pg_ctl(self, args: list[str]) -> str:
         result: str = pg.pg_ctl(args, pgdata=self.pgdata, user=self._run_as, timeout=90)

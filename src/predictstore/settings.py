@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, Field, field_validator
@@ -269,7 +272,68 @@ class Settings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _listen_has_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError("listen must be HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051")
+        return check_host_port(value)
+
+    @field_validator("prometheus_listen")
+    @classmethod
+    def _prometheus_listen_has_port(cls, value: str | None) -> str | None:
+        return None if value is None else check_host_port(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgresql(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"is not a URL ({exc})") from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                "must be a URL like postgresql://USER:PASSWORD@HOST:5432/DATABASE "
+                "(unset it for the embedded PostgreSQL)"
+            )
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ENV_PREFIX = "PREDICTSTORE_"
+
+
+def check_host_port(value: str) -> str:
+    """``value`` if it is HOST:PORT with a port gRPC can bind (0 picks a free one)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be HOST:PORT with a port of 0-65535, e.g. 127.0.0.1:50051")
+    return value
+
+
+def unknown_settings(names: Mapping[str, object] | list[str], *, prefixed_only: bool) -> list[str]:
+    """What an operator set that no setting reads, each with a guess at what was meant.
+
+    The environment holds much besides predictstore's settings, so there only
+    ``PREDICTSTORE_*`` names count (``prefixed_only``); a ``.env`` file is predictstore's
+    own, so every key in it counts.
+    """
+    fields = [name.upper() for name in Settings.model_fields]
+    reports = []
+    for name in names:
+        upper = name.upper()
+        bare = upper.removeprefix(ENV_PREFIX)
+        if (upper.startswith(ENV_PREFIX) and bare in fields) or (
+            prefixed_only and not upper.startswith(ENV_PREFIX)
+        ):
+            continue
+        # compare without the prefix, which would make every name look alike
+        guess = get_close_matches(bare, fields, n=1, cutoff=0.8)
+        reports.append(f"{name} (did you mean {ENV_PREFIX}{guess[0]}?)" if guess else name)
+    return sorted(reports)

@@ -37,7 +37,22 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert settings.database_url == "postgresql://db.example/predictstore"
 
 
-@pytest.mark.parametrize("listen", ["50051", "localhost", ":50051", "host:port"])
+@pytest.mark.parametrize(
+    "listen", ["50051", "localhost", ":50051", "host:port", "127.0.0.1:99999", ":99999"]
+)
 def test_listen_must_be_host_and_port(listen: str) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, listen=listen)
+
+
+def test_unknown_settings_are_named_with_a_guess() -> None:
+    from predictstore.settings import unknown_settings
+
+    environ = ["PATH", "PREDICTSTORE_LISTEN", "PREDICTSTORE_LISTN", "PREDICTSTORE_ZZZ"]
+    assert unknown_settings(environ, prefixed_only=True) == [
+        "PREDICTSTORE_LISTN (did you mean PREDICTSTORE_LISTEN?)",
+        "PREDICTSTORE_ZZZ",
+    ]
+    assert unknown_settings(["LISTEN"], prefixed_only=False) == [
+        "LISTEN (did you mean PREDICTSTORE_LISTEN?)"
+    ]

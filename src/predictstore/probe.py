@@ -1,0 +1,60 @@
+"""``predictstore health``: ask a running server's grpc.health.v1 whether it serves.
+
+The address and TLS come from the same settings as ``serve`` (PREDICTSTORE_LISTEN,
+PREDICTSTORE_TLS_*), so a container's HEALTHCHECK follows whatever the server was told.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from predictstore.settings import Settings
+
+# a server listening on every address is reached over loopback
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}  # noqa: S104
+
+
+def probe_target(listen: str) -> str:
+    """The address to dial for a server that listens on ``listen``."""
+    host, _, port = listen.rpartition(":")
+    return f"{_WILDCARDS.get(host, host)}:{port}"
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else path.read_bytes()
+
+
+def channel_for(
+    settings: Settings,
+    target: str,
+    *,
+    ca_file: Path | None = None,
+    server_name: str | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+) -> grpc.Channel:
+    """Plaintext, or TLS trusting ``ca_file`` (default: the server's own certificate)."""
+    if settings.tls_cert_file is None:
+        return grpc.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file or settings.tls_cert_file),
+        private_key=_read(client_key),
+        certificate_chain=_read(client_cert),
+    )
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def check(channel: grpc.Channel, timeout_s: float) -> str:
+    """The overall health status's name, or the RPC error's code name."""
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=timeout_s
+        )
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        return code.name if code is not None else "UNAVAILABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
