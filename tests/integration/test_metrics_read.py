@@ -505,3 +505,46 @@ async def test_resumed_point_read_still_uses_the_index(db: Database) -> None:
     assert not any(n["Node Type"] == "Seq Scan" for n in nodes)
     relations = {n["Relation Name"] for n in nodes if "Relation Name" in n}
     assert len(relations) == 2  # the day before BASE and BASE's day, nothing later
+
+
+async def _analyze(db: Database, sql: str, args: Sequence[Any]) -> Any:
+    async with db.connection() as conn:
+        await conn.execute("ANALYZE metric_points")
+        plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+        return json.loads(json.dumps(plan))
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_limited_point_read_reads_about_its_limit(db: Database, descending: bool) -> None:
+    ids = await create_series(db, SERIES)
+    start, end = BASE - timedelta(days=1), BASE + timedelta(days=2)
+    points = grid_points(ids, start, end, timedelta(seconds=30))
+    await copy_points(db, points, start, end)
+    limit = 500
+    sql, args = points_query(ids, start, end, descending=descending, after=None, limit=limit)
+    nodes = _nodes(await _analyze(db, sql, args))
+    assert any(n["Node Type"] == "Limit" for n in nodes)
+    assert not any(n["Node Type"] in ("Seq Scan", "Sort") for n in nodes), nodes
+    # the leaves are what was read from the table: about the limit, not the range
+    leaves = [n for n in nodes if "Plans" not in n]
+    read = sum(n["Actual Rows"] * n["Actual Loops"] for n in leaves)
+    assert len(points) > 100 * limit
+    assert read <= 2 * limit, leaves
+
+    # and the limited read is the head of the full read
+    store = MetricsReadStore(db)
+    expected = sorted(points, key=lambda p: (p[0], p[1], p[2]), reverse=descending)[:limit]
+    got = [
+        (micros_to_datetime(t), s, v)
+        async for batch in store.stream_points(
+            ids,
+            start,
+            end,
+            descending=descending,
+            after=None,
+            limit=limit,
+            fetch_size=200,
+        )
+        for t, s, v in zip(batch.times_us, batch.series_ids, batch.values, strict=True)
+    ]
+    assert got == expected
