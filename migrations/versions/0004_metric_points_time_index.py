@@ -10,7 +10,8 @@ only the points that share a (time, series_id) on value, and stops at the limit.
 The same statement serves both modes: an index on the partitioned table (or hypertable)
 is made on every partition (or chunk), present and future. It is built without
 CONCURRENTLY (not supported on partitioned tables): writes to metric_points wait while it
-is built.
+is built. Writes cost more: each point updates two indexes (docs/metrics-read.md has
+the measurement).
 
 Revision ID: 0004
 Revises: 0003
