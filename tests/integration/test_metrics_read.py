@@ -503,5 +503,92 @@ async def test_resumed_point_read_still_uses_the_index(db: Database) -> None:
     )
     nodes = _nodes(await _plan(db, sql, args))
     assert not any(n["Node Type"] == "Seq Scan" for n in nodes)
-    relations = {n["Relation Name"] for n in nodes if "Relation Name" in n}
+    # the partitions or chunks scanned (TimescaleDB's ChunkAppend names the hypertable)
+    relations = {
+        n["Relation Name"]
+        for n in nodes
+        if "Relation Name" in n and n["Node Type"] != "Custom Scan"
+    }
     assert len(relations) == 2  # the day before BASE and BASE's day, nothing later
+
+
+async def _analyze(db: Database, sql: str, args: Sequence[Any]) -> Any:
+    async with db.connection() as conn:
+        await conn.execute("ANALYZE metric_points")
+        plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+        return json.loads(json.dumps(plan))
+
+
+async def _limited_read(
+    store: MetricsReadStore,
+    ids: Sequence[int],
+    start: datetime,
+    end: datetime,
+    *,
+    descending: bool,
+    after: PointKey | None,
+    limit: int,
+) -> list[tuple[int, int, float]]:
+    return [
+        (t, s, v)
+        async for batch in store.stream_points(
+            ids, start, end, descending=descending, after=after, limit=limit, fetch_size=200
+        )
+        for t, s, v in zip(batch.times_us, batch.series_ids, batch.values, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_limited_point_read_reads_about_its_limit(db: Database, descending: bool) -> None:
+    ids = await create_series(db, SERIES)
+    start, end = BASE - timedelta(days=1), BASE + timedelta(days=2)
+    points = grid_points(ids, start, end, timedelta(seconds=30))
+    # points stored twice: a resume inside them must skip what was delivered, no more
+    middle = len(points) // 2
+    twice = points[middle : middle + 3 * len(ids)]
+    await copy_points(db, points + twice, start, end)
+    limit = 500
+    full = sorted(((datetime_to_micros(t), s, v) for t, s, v in points + twice), reverse=descending)
+    assert len(full) > 100 * limit
+    first = full.index((datetime_to_micros(twice[1][0]), twice[1][1], twice[1][2]))
+    async with db.connection() as conn:
+        # the (series_id, time DESC) index, as its partitions or chunks name it
+        series_time_indexes = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%(series_id, \"time\" DESC)'"
+            )
+        }
+    store = MetricsReadStore(db)
+    resumes = [
+        (None, 0),
+        (PointKey(*full[first], repeats=1), first + 1),  # between two equal points
+        (PointKey(*full[first + 1], repeats=2), first + 2),
+        (PointKey(*full[10 * limit], repeats=1), 10 * limit + 1),
+    ]
+    for after, position in resumes:
+        skip = after.repeats if after is not None else 0
+        sql, args = points_query(
+            ids, start, end, descending=descending, after=after, limit=limit + skip
+        )
+        nodes = _nodes(await _analyze(db, sql, args))
+        assert any(n["Node Type"] == "Limit" for n in nodes)
+        assert not any(n["Node Type"] == "Seq Scan" for n in nodes), nodes
+        # the points come from index scans of the per-series index, one series at a time
+        leaves = [n for n in nodes if "Plans" not in n and "Index Name" in n]
+        assert leaves
+        assert all(n["Node Type"] in ("Index Scan", "Index Only Scan") for n in leaves), leaves
+        assert {n["Index Name"] for n in leaves} <= series_time_indexes, leaves
+        # what is read from the table, and what any sort sorts: series x limit, not the range
+        bound = len(ids) * (limit + skip + 2)
+        read = sum(n["Actual Rows"] * n["Actual Loops"] for n in leaves)
+        assert read <= bound, leaves
+        for sort in (n for n in nodes if n["Node Type"] in ("Sort", "Incremental Sort")):
+            sorted_rows = sum(c["Actual Rows"] * c["Actual Loops"] for c in sort["Plans"])
+            assert sorted_rows <= bound, sort
+
+        # and the limited read is the full read from the same position on
+        got = await _limited_read(
+            store, ids, start, end, descending=descending, after=after, limit=limit
+        )
+        assert got == full[position : position + limit]

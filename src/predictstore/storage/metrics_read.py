@@ -210,30 +210,50 @@ def points_query(
 ) -> tuple[str, list[Any]]:
     """SELECT_POINTS: the points of some series in [start, end), ordered by (time, series,
     value), from a keyset position on. Time comes back as int8 microseconds since the
-    epoch, computed by the backend, so the service builds no datetime per point."""
+    epoch, computed by the backend, so the service builds no datetime per point.
+
+    With a ``limit``, each series' first ``limit`` points come from its own scan of the
+    (series_id, time) index (a LATERAL subquery per series) and only those are merged:
+    the read costs series x limit rows, not its range, and needs no index in time order,
+    which would cost every COPY a second index to update."""
     p = Params()
-    where = [
-        f"series_id = ANY({p(list(series_ids))}::int4[])",
-        f"time >= {p(start)}",
-        f"time < {p(end)}",
-    ]
-    if after is not None:
-        # re-read the key itself: rows equal to it that were not delivered yet follow it
-        at = micros_to_datetime(after.time_us)
-        op = "<=" if descending else ">="
-        where.append(f"time {op} {p(at)}")
-        where.append(
-            f"(time, series_id, value) {op} ({p(at)}, {p(after.series_id)}, {p(after.value)})"
-        )
+    ids = p(list(series_ids))
+    lo, hi = p(start), p(end)
+    op = "<=" if descending else ">="
     direction = " DESC" if descending else ""
-    # the inner query sorts; the outer one converts times row by row as they are fetched
-    # (LIMIT / OFFSET 0 keep the planner from converting every row before the sort)
-    bound = f"LIMIT {p(limit)}" if limit is not None else "OFFSET 0"
+    resume = ""
+    if after is not None:
+        # re-read the key itself: rows equal to it that were not delivered yet follow it.
+        # The plain time bound is what the index scan starts from.
+        at = micros_to_datetime(after.time_us)
+        at_p = p(at)
+        resume = (
+            f" AND {{t}} {op} {at_p}"
+            f" AND ({{t}}, {{s}}, {{v}}) {op} ({at_p}, {p(after.series_id)}, {p(after.value)})"
+        )
+    order = f"time{direction}, series_id{direction}, value{direction}"
+    if limit is None:
+        # the inner query sorts; the outer one converts times row by row as they are
+        # fetched (OFFSET 0 keeps the planner from converting every row before the sort)
+        where = f"series_id = ANY({ids}::int4[]) AND time >= {lo} AND time < {hi}"
+        where += resume.format(t="time", s="series_id", v="value")
+        source = (
+            f"SELECT time, series_id, value FROM metric_points WHERE {where}"
+            f" ORDER BY {order} OFFSET 0"
+        )
+    else:
+        n = p(limit)
+        where = f"m.series_id = s.series_id AND m.time >= {lo} AND m.time < {hi}"
+        where += resume.format(t="m.time", s="s.series_id", v="m.value")
+        source = (
+            "SELECT pt.time, s.series_id, pt.value"
+            f" FROM unnest({ids}::int4[]) AS s(series_id)"
+            " CROSS JOIN LATERAL (SELECT m.time, m.value FROM metric_points m"
+            f" WHERE {where} ORDER BY m.time{direction}, m.value{direction} LIMIT {n}) AS pt"
+            f" ORDER BY {order} LIMIT {n}"
+        )
     sql = (
-        "SELECT (extract(epoch FROM time) * 1000000)::int8, series_id, value"
-        " FROM (SELECT time, series_id, value FROM metric_points"
-        f" WHERE {' AND '.join(where)}"
-        f" ORDER BY time{direction}, series_id{direction}, value{direction} {bound}) AS p"
+        f"SELECT (extract(epoch FROM time) * 1000000)::int8, series_id, value FROM ({source}) AS p"
     )
     return sql, p.args
 
