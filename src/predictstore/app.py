@@ -252,6 +252,7 @@ def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
         metrics_compress_after_days=settings.metrics_compress_after_days,
         feedback_retention_days=settings.feedback_retention_days,
         prediction_retention_days=settings.prediction_retention_days,
+        batch_dedupe_horizon_s=settings.metrics_batch_dedupe_horizon_s,
         partitions_ahead_days=settings.partitions_ahead_days,
         batch_rows=settings.retention_batch_rows,
         max_batches=settings.retention_max_batches,

@@ -231,6 +231,13 @@ class Settings(BaseSettings):
     prediction_retention_days: int = Field(
         default=365, ge=0, description="Predictions older than this are deleted; 0 keeps them."
     )
+    metrics_batch_dedupe_horizon_s: float = Field(
+        default=7 * 86400,
+        ge=0,
+        description="The dedupe horizon: batch ids older than this are forgotten, and a batch "
+        "sent again after it is stored again. Keep it above the clients' retry window "
+        "(MetricsWriter: 300 s); 0 keeps them forever.",
+    )
     partitions_ahead_days: int = Field(
         default=7, ge=1, description="PostgreSQL mode: daily metric partitions made this far ahead."
     )

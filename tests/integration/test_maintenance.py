@@ -166,11 +166,31 @@ async def test_row_retention_deletes_only_old_rows_in_bounded_batches(pg_db: Dat
 async def test_row_retention_off_keeps_everything(pg_db: Database) -> None:
     await _seed_rows(pg_db, old=3, new=1)
     report = await Maintenance(
-        pg_db, LifecyclePolicy(feedback_retention_days=0, prediction_retention_days=0)
+        pg_db,
+        LifecyclePolicy(
+            feedback_retention_days=0, prediction_retention_days=0, batch_dedupe_horizon_s=0
+        ),
     ).run()
     assert report.rows_deleted == []
     assert await pg_db.pool.fetchval("SELECT count(*) FROM predictions") == 4
     assert await pg_db.pool.fetchval("SELECT count(*) FROM feedback") == 4
+
+
+async def test_batch_ids_older_than_the_dedupe_horizon_are_forgotten(pg_db: Database) -> None:
+    ages = {"old-1": timedelta(days=8), "old-2": timedelta(hours=2), "new": timedelta(minutes=10)}
+    for batch_id, age in ages.items():
+        await pg_db.pool.execute(
+            "INSERT INTO metric_batches (batch_id, accepted_points, rejected_points, commit_time) "
+            "VALUES ($1, 1, 0, now() - $2::interval)",
+            batch_id,
+            age,
+        )
+    week = await Maintenance(pg_db, LifecyclePolicy()).run()
+    assert {r.table_name: r.rows_deleted for r in week.rows_deleted}["metric_batches"] == 1
+    hour = await Maintenance(pg_db, LifecyclePolicy(batch_dedupe_horizon_s=3600)).run()
+    assert {r.table_name: r.rows_deleted for r in hour.rows_deleted}["metric_batches"] == 1
+    rows = await pg_db.pool.fetch("SELECT batch_id FROM metric_batches")
+    assert [r[0] for r in rows] == ["new"]
 
 
 async def _policy_intervals(db: Database) -> dict[str, timedelta]:

@@ -99,7 +99,17 @@ DELETE FROM predictions
 WHERE ctid = ANY (ARRAY(SELECT ctid FROM predictions WHERE create_time < $1 LIMIT $2))
 """
 
-_ROW_RETENTION = (("feedback", DELETE_OLD_FEEDBACK), ("predictions", DELETE_OLD_PREDICTIONS))
+# Deletes one batch of dedupe batch ids committed before $1 (a TID scan over a bounded list).
+DELETE_OLD_METRIC_BATCHES = """
+DELETE FROM metric_batches
+WHERE ctid = ANY (ARRAY(SELECT ctid FROM metric_batches WHERE commit_time < $1 LIMIT $2))
+"""
+
+_ROW_RETENTION = (
+    ("feedback", DELETE_OLD_FEEDBACK),
+    ("predictions", DELETE_OLD_PREDICTIONS),
+    ("metric_batches", DELETE_OLD_METRIC_BATCHES),
+)
 
 # TimescaleDB policies: (policy, job proc_name, config key, remove, add)
 _POLICIES = (
@@ -122,6 +132,8 @@ class LifecyclePolicy:
     metrics_compress_after_days: int = 7
     feedback_retention_days: int = 730
     prediction_retention_days: int = 365
+    # batch ids younger than this are replayed, not stored again: the dedupe horizon
+    batch_dedupe_horizon_s: float = 7 * 86400
     partitions_ahead_days: int = 7
     batch_rows: int = 5000
     max_batches: int = 200
@@ -187,14 +199,10 @@ class Maintenance:
                 else:
                     await self._policies(conn, report)
                 for table, statement in _ROW_RETENTION:
-                    days = (
-                        self.policy.feedback_retention_days
-                        if table == "feedback"
-                        else self.policy.prediction_retention_days
-                    )
-                    if days > 0:
+                    keep = self._kept_for(table)
+                    if keep is not None:
                         report.rows_deleted.append(
-                            await self._delete_rows(conn, table, statement, days)
+                            await self._delete_rows(conn, table, statement, keep)
                         )
             finally:
                 # if this fails (a cancelled run), the pool's reset on release runs
@@ -264,11 +272,20 @@ class Maintenance:
                     await conn.execute(add, interval)
             report.policies_changed.append(PolicyChange("metric_points", policy, interval))
 
+    def _kept_for(self, table: str) -> timedelta | None:
+        """How long rows of ``table`` are kept; None keeps them forever."""
+        if table == "feedback":
+            return _days(self.policy.feedback_retention_days)
+        if table == "predictions":
+            return _days(self.policy.prediction_retention_days)
+        horizon = self.policy.batch_dedupe_horizon_s
+        return timedelta(seconds=horizon) if horizon > 0 else None
+
     async def _delete_rows(
-        self, conn: asyncpg.Connection, table: str, statement: str, days: int
+        self, conn: asyncpg.Connection, table: str, statement: str, keep: timedelta
     ) -> RowsDeleted:
         """Batched deletes, each its own short transaction; at most max_batches per run."""
-        cutoff = datetime.now(UTC) - timedelta(days=days)
+        cutoff = datetime.now(UTC) - keep
         deleted = 0
         for _ in range(self.policy.max_batches):
             status = await conn.execute(statement, cutoff, self.policy.batch_rows)
