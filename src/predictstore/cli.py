@@ -17,7 +17,7 @@ from pydantic_settings import SettingsError
 from predictstore import __version__
 from predictstore.domain.auth import SCOPES, check_scopes, hash_key, new_key
 from predictstore.errors import PredictstoreError
-from predictstore.settings import Settings
+from predictstore.settings import ENV_PREFIX, Settings
 from predictstore.startup import (
     describe_database_error,
     describe_settings_error,
@@ -28,14 +28,67 @@ from predictstore.startup import (
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
+# The settings an operator sets first, in the order ``serve --help`` lists them.
+_SERVE_SETTINGS = (
+    "database_url",
+    "data_dir",
+    "listen",
+    "api_keys_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "metrics_retention_days",
+    "prediction_retention_days",
+    "feedback_retention_days",
+    "prometheus_listen",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports an unknown flag with the usage of the (sub)command it was given to:
+    argparse would otherwise pass it up and show only the top-level usage."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return parsed, extras
+
+
+def _serve_epilog() -> str:
+    """Where the data lives and the settings that matter, from the settings model."""
+    fields = Settings.model_fields
+    default_dir = fields["data_dir"].get_default(call_default_factory=True)
+    lines = [
+        "where the data lives:",
+        "  PREDICTSTORE_DATABASE_URL set: that PostgreSQL database.",
+        f"  unset: an embedded PostgreSQL in PREDICTSTORE_DATA_DIR/pgdata (default {default_dir}).",
+        "",
+        "settings (environment variables, or a .env file in the working directory):",
+    ]
+    for name in _SERVE_SETTINGS:
+        lines.append(f"  {ENV_PREFIX}{name.upper()}")
+        lines.append(f"      {fields[name].description}")
+    lines.append("all settings: the configuration table in the README.")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="predictstore",
         description="gRPC storage backend for ML predictions, metrics and feedback.",
     )
     parser.add_argument("--version", action="version", version=f"predictstore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve gRPC (embedded PostgreSQL if no database URL)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve gRPC (embedded PostgreSQL if no database URL)",
+        description="Serve gRPC (embedded PostgreSQL if no database URL).",
+        epilog=_serve_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051)"
     )

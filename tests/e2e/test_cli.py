@@ -263,3 +263,32 @@ def test_a_crashed_embedded_database_is_restarted_and_health_recovers(tmp_path: 
             except (OSError, ValueError, IndexError, grpc.RpcError):
                 continue
         wait_serving(channel, process)
+
+
+def test_serve_help_says_where_the_data_lives_and_which_settings_matter(tmp_path: Path) -> None:
+    result = _run_cli(tmp_path, "serve", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "where the data lives" in result.stdout
+    assert "PREDICTSTORE_DATA_DIR/pgdata" in result.stdout
+    for variable in ("DATABASE_URL", "DATA_DIR", "LISTEN", "API_KEYS_FILE", "TLS_CERT_FILE"):
+        assert f"PREDICTSTORE_{variable}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (("serve", "--bogus"), "usage: predictstore serve "),
+        (("migrate", "--bogus"), "usage: predictstore migrate "),
+        (
+            ("keys", "create", "--name", "x", "--scope", "admin", "--bogus"),
+            "usage: predictstore keys create ",
+        ),
+    ],
+)
+def test_a_wrong_flag_shows_that_subcommands_usage(
+    tmp_path: Path, args: tuple[str, ...], usage: str
+) -> None:
+    result = _run_cli(tmp_path, *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(usage), result.stderr
+    assert "unrecognized arguments: --bogus" in result.stderr
