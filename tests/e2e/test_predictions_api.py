@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from predictstore.storage.database import Database
+from predictstore.transport.predictions import BULK_CHUNK
 from predictstore.v1 import common_pb2
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
@@ -168,6 +169,39 @@ async def test_batch_replayed_whole_stores_nothing_twice(
     again = await predictions.BatchCreatePredictions(_messages(items, 50))
     assert (first.created_count, first.existing_count) == (120, 0)
     assert (again.created_count, again.existing_count) == (0, 120)
+
+
+async def test_batch_across_copy_groups_stores_each_item_once(
+    predictions: PredictionServiceStub, db: Database
+) -> None:
+    stored = [prediction(f"s{i}") for i in range(3000)]
+    await predictions.BatchCreatePredictions(_messages(stored, 1000))
+    # replays of stored ids, then new ids: the batch spans more than one COPY group
+    items = [*stored, *(prediction(f"n{i}") for i in range(BULK_CHUNK))]
+    items[10] = prediction("s10", confidence=7.0)
+    items[BULK_CHUNK + 5] = prediction(f"n{BULK_CHUNK + 5 - 3000}", user_id="")
+    items[BULK_CHUNK + 500] = prediction("s5", context="elsewhere")
+    items.append(prediction("n4000"))  # repeats an item of the same stream, next group
+    items.append(prediction("s11"))  # replays a stored id after a group boundary
+
+    reply = await predictions.BatchCreatePredictions(_messages(items, 1000))
+
+    replayed = 3000 - 1  # all but the invalid s10
+    new = BULK_CHUNK - 1 - 1  # one invalid, one slot taken by the clash with s5
+    assert reply.created_count == new
+    assert reply.existing_count == replayed + 2
+    assert reply.rejected_count == 3
+    assert {(r.index, r.field) for r in reply.rejected} == {
+        (10, "confidence"),
+        (BULK_CHUNK + 5, "user_id"),
+        (BULK_CHUNK + 500, "prediction_id"),
+    }
+    assert len(reply.prediction_ids) == new + replayed + 2
+    async with db.connection() as conn:
+        rows = await conn.fetchval("SELECT count(*) FROM predictions")
+        s5 = await conn.fetchval("SELECT context FROM predictions WHERE prediction_id = 's5'")
+    assert rows == 3000 + new
+    assert s5 == "home"
 
 
 async def _list(

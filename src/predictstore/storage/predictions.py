@@ -27,14 +27,25 @@ ON CONFLICT (prediction_id) DO NOTHING
 RETURNING {COLUMNS}
 """
 
-# Stores many predictions at once; returns the ids that were new.
-INSERT_PREDICTIONS_BULK = f"""
+# The columns a bulk create supplies, in the order of _values (create_time is the store's).
+BULK_COLUMNS = tuple(c.strip() for c in COLUMNS.split(",")[:-1])
+
+# A session-local landing area for COPY: json stays text here, cast once in the INSERT.
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS predictions_staging (
+    prediction_id text, user_id text, context text, prediction_type text, payload text,
+    confidence float8, forecast_value float8, forecast_lower float8, forecast_upper float8,
+    model_name text, model_version text, target_time timestamptz, metadata text
+) ON COMMIT DELETE ROWS
+"""
+
+# Moves the staged rows into predictions; returns the ids that were new.
+INSERT_FROM_STAGING = f"""
 INSERT INTO predictions ({COLUMNS})
-SELECT id, u, c, t, p::jsonb, conf, fv, fl, fu, mn, mv, tt, m::jsonb, now()
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
-            $7::float8[], $8::float8[], $9::float8[], $10::text[], $11::text[],
-            $12::timestamptz[], $13::text[])
-     AS x(id, u, c, t, p, conf, fv, fl, fu, mn, mv, tt, m)
+SELECT prediction_id, user_id, context, prediction_type, payload::jsonb, confidence,
+       forecast_value, forecast_lower, forecast_upper, model_name, model_version, target_time,
+       metadata::jsonb, now()
+FROM predictions_staging
 ON CONFLICT (prediction_id) DO NOTHING
 RETURNING prediction_id
 """
@@ -152,17 +163,26 @@ class PredictionStore:
         return stored, False
 
     async def create_many(self, items: Sequence[Prediction]) -> BulkResult:
-        """Store ``items`` (unique ids) in one statement; classify the ids that were taken."""
+        """Store ``items`` (unique ids) by one COPY; classify the ids that were taken.
+
+        COPY into a temporary staging table and one INSERT ... SELECT with ON CONFLICT DO
+        NOTHING keep the per-id idempotency of a plain INSERT at the speed of COPY.
+        """
         result = BulkResult()
         if not items:
             return result
-        columns = list(zip(*(_values(p) for p in items), strict=True))
-        columns[4] = tuple(_dump(v) for v in columns[4])
-        columns[12] = tuple(_dump(v) for v in columns[12])
+        records = []
+        for p in items:
+            row = list(_values(p))
+            row[4] = _dump(row[4])
+            row[12] = _dump(row[12])
+            records.append(row)
         async with self.db.connection() as conn, conn.transaction():
-            inserted = {
-                r["prediction_id"] for r in await conn.fetch(INSERT_PREDICTIONS_BULK, *columns)
-            }
+            await conn.execute(CREATE_STAGING)
+            await conn.copy_records_to_table(
+                "predictions_staging", records=records, columns=BULK_COLUMNS
+            )
+            inserted = {r["prediction_id"] for r in await conn.fetch(INSERT_FROM_STAGING)}
             taken = [p for p in items if p.prediction_id not in inserted]
             stored = {}
             if taken:
