@@ -148,7 +148,11 @@ async def test_storage_stats_show_tables_sizes_and_pool(
 async def test_run_maintenance_reports_what_it_did(admin: AdminServiceStub, db: Database) -> None:
     reply = await admin.RunMaintenance(pb.RunMaintenanceRequest())
     assert reply.ran
-    assert {r.table_name for r in reply.rows_deleted} == {"feedback", "predictions"}
+    assert {r.table_name for r in reply.rows_deleted} == {
+        "feedback",
+        "metric_batches",
+        "predictions",
+    }
     assert all(r.complete and r.rows_deleted == 0 for r in reply.rows_deleted)
     if db.mode == "timescaledb":
         assert [(p.policy, p.interval.ToTimedelta()) for p in reply.policies_changed] == [
