@@ -41,15 +41,13 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import wait_serving
-from read import free_port, with_database
+from read import bench_database, free_port
 
-from predictstore import migrate
 from predictstore.client import MetricsWriter, WriterClosed
 from predictstore.storage.database import read_storage_mode
 
 WRITERS = 8
 BAD_CODES = frozenset({"INTERNAL", "UNKNOWN"})
-CHAOS_DATABASE = f"predictstore_chaos_{os.getpid()}"
 
 
 def log(text: str) -> None:
@@ -253,40 +251,28 @@ async def chaos_run(
 async def bench(
     admin_url: str, embedded: object, workdir: Path, quick: bool, repeats: int
 ) -> dict[str, object]:
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {CHAOS_DATABASE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {CHAOS_DATABASE}")
-    finally:
-        await admin.close()
-    url = with_database(admin_url, CHAOS_DATABASE)
     kinds = ["db_crash", "sigterm", "sigkill", "lock"]
     if embedded is None:
         kinds.remove("db_crash")
         log("db_crash skipped: --database-url names a shared server this bench must not crash")
     runs: list[dict[str, object]] = []
-    server = Server(url, free_port(), workdir)
-    try:
-        await asyncio.to_thread(migrate.upgrade, url, revision="heads")
+    async with bench_database(admin_url) as url:
         conn = await asyncpg.connect(url)
         try:
             mode = await read_storage_mode(conn)
         finally:
             await conn.close()
         log(f"storage mode {mode}; {WRITERS} writers; runs {kinds} x {repeats}")
-        await server.start()
-        for number in range(repeats):
-            for kind in kinds:
-                figures = await chaos_run(kind, number, server, embedded, url, quick)
-                runs.append(figures)
-                log(" ".join(f"{k}={v}" for k, v in figures.items()))
-    finally:
-        await server.stop()
-        admin = await asyncpg.connect(admin_url)
+        server = Server(url, free_port(), workdir)
         try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {CHAOS_DATABASE} WITH (FORCE)")
+            await server.start()
+            for number in range(repeats):
+                for kind in kinds:
+                    figures = await chaos_run(kind, number, server, embedded, url, quick)
+                    runs.append(figures)
+                    log(" ".join(f"{k}={v}" for k, v in figures.items()))
         finally:
-            await admin.close()
+            await server.stop()
     keys = ("sent", "acked", "stored", "duplicates", "lost_acked")
     totals: dict[str, object] = {k: sum(int(r[k]) for r in runs) for k in keys}  # type: ignore[call-overload]
     totals["writers_died"] = sum(int(r["writers_died"]) for r in runs)  # type: ignore[call-overload]

@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import cpu_seconds, server_process, wait_serving
+from ingest import _stream, cpu_seconds, server_process, wait_serving
 from read import bench_database
 
 from predictstore.storage.database import read_storage_mode
@@ -151,11 +150,6 @@ async def raw_copy(url: str, records: list[tuple[Any, ...]], batch: int) -> floa
         await conn.close()
     assert await stored(url) == len(records)
     return len(records) / elapsed
-
-
-async def _stream(messages: list[bytes]) -> AsyncIterator[bytes]:
-    for m in messages:
-        yield m
 
 
 async def service(url: str, items: list[pb.Prediction], size: int, workdir: Path) -> float:
