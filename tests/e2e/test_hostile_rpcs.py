@@ -33,25 +33,13 @@ from predictstore.v1 import (
     metrics_service_pb2,
     prediction_service_pb2,
 )
+from tests.e2e.test_hostile_input import _INT_RANGES, BAD_CODES
 
-BAD_CODES = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 MAX_STATUS_MESSAGE_BYTES = 1024
 MAX_FRAMES = 20  # server-streaming replies are drained this far, then cancelled
 CALL_TIMEOUT_S = 10
 MAX_STRING = 20_000
 
-_INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}
 _PROTO_MODULES = (
     admin_service_pb2,
     common_pb2,
