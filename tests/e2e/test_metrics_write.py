@@ -4,6 +4,7 @@ a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -257,54 +258,41 @@ async def test_series_cap_answers_resource_exhausted(settings: Settings, db: Dat
 async def test_database_stopped_mid_stream_loses_no_acknowledged_point(
     tmp_path: Path, settings: Settings
 ) -> None:
-    embedded = EmbeddedPostgres(tmp_path / "own", extra_settings={"fsync": "off"})
-    await asyncio.to_thread(start_postgres, embedded)
-    try:
-        await asyncio.to_thread(migrate.upgrade, embedded.url())
-        db = await Database.open(embedded.url(), PoolSettings(min_size=1, max_size=4))
-        running = await start_server(settings, db, listen="127.0.0.1:0")
+    async with _own_postgres_server(tmp_path, settings) as (embedded, running):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
+            sent, acked, error = await _write_until_failure(stub, embedded)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay_s(error) is not None
+        await asyncio.to_thread(start_postgres, embedded)
+        conn = await asyncpg.connect(embedded.url())
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
-                sent, acked, error = await _write_until_failure(stub, embedded)
-            assert error.code() == grpc.StatusCode.UNAVAILABLE
-            assert retry_delay_s(error) is not None
-            await asyncio.to_thread(start_postgres, embedded)
-            conn = await asyncpg.connect(embedded.url())
-            try:
-                stored = dict(
-                    await conn.fetch("SELECT batch_id, accepted_points FROM metric_batches")
-                )
-                points = await conn.fetchval("SELECT count(*) FROM metric_points")
-            finally:
-                await conn.close()
-            # every acknowledged batch is there, with all its points; nothing else half-way
-            assert acked, "no ack arrived before the database stopped"
-            for sequence in acked:
-                assert stored.get(f"b{sequence}") == sent[sequence]
-            assert points == sum(stored.values())
-            # the service recovers by itself: a new stream is committed
-            recovered = None
-            codes = set()
-            for _ in range(50):
-                try:
-                    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                        stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
-                        recovered = await stub.WriteMetrics(
-                            stream_of(pb.WriteMetricsRequest(columns=columns(10)))
-                        )
-                    break
-                except grpc.aio.AioRpcError as exc:
-                    codes.add(exc.code())
-                    await asyncio.sleep(0.2)
-            assert codes <= {grpc.StatusCode.UNAVAILABLE}
-            assert recovered is not None
-            assert recovered.accepted_points == 10
+            stored = dict(await conn.fetch("SELECT batch_id, accepted_points FROM metric_batches"))
+            points = await conn.fetchval("SELECT count(*) FROM metric_points")
         finally:
-            await running.stop(0)
-            await db.close()
-    finally:
-        await asyncio.to_thread(stop_postgres, embedded, signal.SIGQUIT)
+            await conn.close()
+        # every acknowledged batch is there, with all its points; nothing else half-way
+        assert acked, "no ack arrived before the database stopped"
+        for sequence in acked:
+            assert stored.get(f"b{sequence}") == sent[sequence]
+        assert points == sum(stored.values())
+        # the service recovers by itself: a new stream is committed
+        recovered = None
+        codes = set()
+        for _ in range(50):
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                    stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
+                    recovered = await stub.WriteMetrics(
+                        stream_of(pb.WriteMetricsRequest(columns=columns(10)))
+                    )
+                break
+            except grpc.aio.AioRpcError as exc:
+                codes.add(exc.code())
+                await asyncio.sleep(0.2)
+        assert codes <= {grpc.StatusCode.UNAVAILABLE}
+        assert recovered is not None
+        assert recovered.accepted_points == 10
 
 
 async def test_metrics_writer_delivers_everything_through_a_database_restart(
@@ -313,12 +301,7 @@ async def test_metrics_writer_delivers_everything_through_a_database_restart(
     # the database stops while the writer streams: the server ends its streams
     # UNAVAILABLE while the writer is writing to them; the writer must keep resending
     # until the database is back, storing every point once
-    embedded = EmbeddedPostgres(tmp_path / "own", extra_settings={"fsync": "off"})
-    await asyncio.to_thread(start_postgres, embedded)
-    try:
-        await asyncio.to_thread(migrate.upgrade, embedded.url())
-        db = await Database.open(embedded.url(), PoolSettings(min_size=1, max_size=4))
-        running = await start_server(settings, db, listen="127.0.0.1:0")
+    async with _own_postgres_server(tmp_path, settings) as (embedded, running):
         base = now_us() - 3600 * MICROS
         writer = MetricsWriter(
             f"127.0.0.1:{running.port}",
@@ -329,22 +312,18 @@ async def test_metrics_writer_delivers_everything_through_a_database_restart(
             retry_deadline_s=120,
         )
         sent = 0
-        try:
-            for _ in range(5000):
-                await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
-                sent += 1
-            await writer.wait_acked()
-            await asyncio.to_thread(stop_postgres, embedded, signal.SIGINT)
-            for i in range(20000):  # writing on while the database is down
-                await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
-                sent += 1
-                if i % 500 == 0:
-                    await asyncio.sleep(0.01)
-            await asyncio.to_thread(start_postgres, embedded)
-            await writer.close(timeout_s=120)
-        finally:
-            await running.stop(0)
-            await db.close()
+        for _ in range(5000):
+            await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
+            sent += 1
+        await writer.wait_acked()
+        await asyncio.to_thread(stop_postgres, embedded, signal.SIGINT)
+        for i in range(20000):  # writing on while the database is down
+            await writer.write("db_metric", float(sent), time_s=(base + sent * 1000) / MICROS)
+            sent += 1
+            if i % 500 == 0:
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(start_postgres, embedded)
+        await writer.close(timeout_s=120)
         conn = await asyncpg.connect(embedded.url())
         try:
             count, distinct = await conn.fetchrow(
@@ -352,9 +331,27 @@ async def test_metrics_writer_delivers_everything_through_a_database_restart(
             )
         finally:
             await conn.close()
-        assert (count, distinct) == (sent, sent)
-        assert writer.stats.reconnects >= 1
-        assert writer.pending_points == 0
+    assert (count, distinct) == (sent, sent)
+    assert writer.stats.reconnects >= 1
+    assert writer.pending_points == 0
+
+
+@contextlib.asynccontextmanager
+async def _own_postgres_server(
+    tmp_path: Path, settings: Settings
+) -> AsyncIterator[tuple[EmbeddedPostgres, RunningServer]]:
+    """A server over a PostgreSQL of the test's own, which the test may stop and start."""
+    embedded = EmbeddedPostgres(tmp_path / "own", extra_settings={"fsync": "off"})
+    await asyncio.to_thread(start_postgres, embedded)
+    try:
+        await asyncio.to_thread(migrate.upgrade, embedded.url())
+        db = await Database.open(embedded.url(), PoolSettings(min_size=1, max_size=4))
+        running = await start_server(settings, db, listen="127.0.0.1:0")
+        try:
+            yield embedded, running
+        finally:
+            await running.stop(0)
+            await db.close()
     finally:
         await asyncio.to_thread(stop_postgres, embedded, signal.SIGQUIT)
 
