@@ -79,24 +79,21 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Sta
             (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "INTERNAL"),
         )
         message = echo(exc.message, MAX_MESSAGE_CHARS)
-        details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
+        metadata: dict[str, str] = {}
+        if isinstance(exc, ShuttingDown):
+            # how far the call got, e.g. accepted_points: what the client need not resend
+            metadata = exc.progress
+        elif isinstance(exc, ResourceExhausted | DeadlineExceeded) and exc.limit:
+            metadata = {"limit": exc.limit}
+        details = [
+            _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+        ]
         if isinstance(exc, InvalidArgument):
             details.append(_pack(_bad_request(exc.violations)))
         elif isinstance(exc, Unavailable):
-            if isinstance(exc, ShuttingDown) and exc.progress:
-                # how far the call got, e.g. accepted_points: what the client need not resend
-                details[0] = _pack(
-                    error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=exc.progress)
-                )
             delay = duration_pb2.Duration()
             delay.FromMilliseconds(int(exc.retry_after_s * 1000))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        elif isinstance(exc, ResourceExhausted | DeadlineExceeded) and exc.limit:
-            details[0] = _pack(
-                error_details_pb2.ErrorInfo(
-                    reason=reason, domain=DOMAIN, metadata={"limit": exc.limit}
-                )
-            )
     elif isinstance(exc, NotImplementedError):
         code, rpc_code, message = (
             grpc.StatusCode.UNIMPLEMENTED,
