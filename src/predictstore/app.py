@@ -34,6 +34,8 @@ from predictstore.transport.admin import AdminServicer
 from predictstore.transport.audit import AuditInterceptor
 from predictstore.transport.auth import AuthInterceptor
 from predictstore.transport.errors import ErrorInterceptor
+from predictstore.transport.evaluation import EvaluationServicer
+from predictstore.transport.evaluation_read import EvaluationReadHandlers
 from predictstore.transport.exposure import (
     ConfigurationError,
     auth_policy,
@@ -46,11 +48,14 @@ from predictstore.transport.limits import StreamLimitInterceptor
 from predictstore.transport.metrics import MetricsServicer
 from predictstore.transport.metrics_read import MetricsReadHandlers
 from predictstore.transport.metrics_write import MetricsWriteHandlers
+from predictstore.transport.outcomes import OutcomeWriteHandlers
 from predictstore.transport.predictions import PredictionServicer
 from predictstore.transport.rpc_metrics import RpcMetricsInterceptor
 from predictstore.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    evaluation_service_pb2,
+    evaluation_service_pb2_grpc,
     feedback_service_pb2,
     feedback_service_pb2_grpc,
     metrics_service_pb2,
@@ -65,6 +70,7 @@ SERVICE_NAMES = (
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
     metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
     feedback_service_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
+    evaluation_service_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
@@ -172,6 +178,13 @@ async def start_server(
         frame_max_bytes=settings.frame_max_bytes,
     )
     feedback_service_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_servicer, server)
+    evaluation_service_pb2_grpc.add_EvaluationServiceServicer_to_server(
+        EvaluationServicer(
+            OutcomeWriteHandlers.from_settings(db, settings),
+            EvaluationReadHandlers.from_settings(db, settings),
+        ),
+        server,
+    )
     maintenance = Maintenance(db, lifecycle_policy(settings))
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(AdminStore(db), maintenance, audit, settings), server

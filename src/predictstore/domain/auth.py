@@ -21,6 +21,8 @@ SCOPES = frozenset(
         "metrics:write",
         "feedback:read",
         "feedback:write",
+        "evaluation:read",
+        "evaluation:write",
         "admin",
     }
 )

@@ -27,8 +27,18 @@ _RESOURCES = {
     "PredictionService": "predictions",
     "MetricsService": "metrics",
     "FeedbackService": "feedback",
+    "EvaluationService": "evaluation",
 }
-_WRITE_VERBS = ("Create", "BatchCreate", "Write", "StreamWrite", "Submit", "Delete")
+_WRITE_VERBS = (
+    "Create",
+    "BatchCreate",
+    "Write",
+    "StreamWrite",
+    "Submit",
+    "Delete",
+    "Record",
+    "BatchRecord",
+)
 
 
 def required_scope(method: str) -> str | None:
