@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from predictstore import migrate
@@ -30,6 +29,7 @@ from predictstore.storage.feedback import FeedbackStore
 from predictstore.storage.maintenance import LifecyclePolicy, Maintenance, MaintenanceRunner
 from predictstore.storage.predictions import PredictionStore
 from predictstore.telemetry import configure_logging, configure_telemetry, watch_pool
+from predictstore.transport import reflection
 from predictstore.transport.admin import AdminServicer
 from predictstore.transport.audit import AuditInterceptor
 from predictstore.transport.auth import AuthInterceptor
@@ -192,9 +192,7 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable((*SERVICE_NAMES, health.SERVICE_NAME), server)
     try:
         if credentials is None:
             port = server.add_insecure_port(address)

@@ -11,7 +11,9 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from predictstore import migrate
 from predictstore.app import RunningServer, start_server
@@ -26,17 +28,20 @@ SERVICES = {
     "predictstore.v1.PredictionService",
     "predictstore.v1.MetricsService",
     "predictstore.v1.FeedbackService",
+    "predictstore.v1.EvaluationService",
     "grpc.health.v1.Health",
 }
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 
 
 def run_grpcurl(
     port: int, method: str, data: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """grpcurl against the server: ``method`` is "list" or Service/Method."""
+    """grpcurl against the server: ``method`` is "list", "describe X" or Service/Method."""
     flags = ["-d", data] if data is not None else []
     return subprocess.run(
-        [grpcurl(), "-plaintext", *flags, f"127.0.0.1:{port}", method],
+        [grpcurl(), "-plaintext", *flags, f"127.0.0.1:{port}", *method.split()],
         capture_output=True,
         text=True,
         timeout=30,
@@ -47,7 +52,37 @@ def run_grpcurl(
 async def test_grpcurl_lists_the_services(server: RunningServer) -> None:
     result = await asyncio.to_thread(run_grpcurl, server.port, "list")
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) >= SERVICES
+    assert set(result.stdout.split()) >= SERVICES | {REFLECTION_V1, REFLECTION_V1ALPHA}
+
+
+@pytest.mark.parametrize("service", [REFLECTION_V1, REFLECTION_V1ALPHA])
+async def test_reflection_answers_under_both_names(channel: grpc.aio.Channel, service: str) -> None:
+    # v1 and v1alpha are the same messages on the wire: one pair of classes serves both
+    call = channel.stream_stream(
+        f"/{service}/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    listed = await call.read()
+    await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=service))
+    described = await call.read()
+    await call.done_writing()
+    names = {s.name for s in listed.list_services_response.service}
+    assert names >= SERVICES | {REFLECTION_V1, REFLECTION_V1ALPHA}
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    assert service.rpartition(".")[0] in {f.package for f in files}
+
+
+async def test_grpcurl_describes_through_reflection_v1(server: RunningServer) -> None:
+    result = await asyncio.to_thread(
+        run_grpcurl, server.port, "describe predictstore.v1.EvaluationService"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rpc EvaluateModels" in result.stdout
 
 
 async def test_grpcurl_create_and_get_in_json(server: RunningServer) -> None:
