@@ -1,4 +1,5 @@
-"""The ``predictstore`` command: ``serve`` and ``migrate``."""
+"""The ``predictstore`` command: ``serve``, ``migrate``, ``health``, ``keys`` and the
+operator commands ``status``, ``psql``, ``backup`` and ``restore``."""
 
 from __future__ import annotations
 
@@ -114,6 +115,24 @@ def _parser() -> argparse.ArgumentParser:
         dest="scopes",
         help="a scope to grant (repeat): " + ", ".join(sorted(SCOPES)),
     )
+    status = commands.add_parser(
+        "status", help="storage mode, data location, schema revision, sizes and health"
+    )
+    status.add_argument(
+        "--address", metavar="HOST:PORT", help="server to ask (default: from PREDICTSTORE_LISTEN)"
+    )
+    psql = commands.add_parser(
+        "psql",
+        help="a psql shell on the database (the embedded one by default)",
+        description="Run psql on the database of these settings; arguments go to psql.",
+    )
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql, e.g. -c SQL")
+    backup = commands.add_parser("backup", help="pg_dump the database into a file")
+    backup.add_argument("path", type=Path, help="file to write (pg_dump custom format)")
+    restore = commands.add_parser(
+        "restore", help="restore a backup into an empty database (stop serve first)"
+    )
+    restore.add_argument("path", type=Path, help="a file made by `predictstore backup`")
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.add_argument(
@@ -123,7 +142,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["psql"]:  # everything after it is psql's, options included
+        args = _parser().parse_args(["psql"])
+        args.psql_args = argv[1:]
+    else:
+        args = _parser().parse_args(argv)
     if args.command == "keys":
         return _create_key(args.name, args.scopes)
     overrides = {"listen": args.listen} if getattr(args, "listen", None) else {}
@@ -140,14 +164,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "health":
         return _health(settings, args)
+    from predictstore.operations import OperationRefused
+
     try:
+        if args.command in _OPERATIONS:
+            return _OPERATIONS[args.command](settings, args)
         if args.command == "serve":
             from predictstore.app import serve
 
             asyncio.run(serve(settings))
         else:
             return _migrate(settings, args.revision, args.downgrade)
-    except (ConfigurationError, DataDirLocked) as exc:
+    except (ConfigurationError, DataDirLocked, OperationRefused) as exc:
         _say(str(exc))
         return 2
     except Exception as exc:
@@ -196,6 +224,52 @@ def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
             migrate.upgrade(url, storage_mode=settings.storage_mode, revision=revision)
     print(f"predictstore: schema at {revision}")
     return 0
+
+
+def _server_health(settings: Settings, address: str | None, timeout_s: float = 4.0) -> str:
+    from predictstore.probe import channel_for, check, probe_target
+
+    target = address or probe_target(settings.listen)
+    try:
+        channel = channel_for(settings, target)
+    except OSError as exc:
+        return f"{target}: cannot read a TLS file: {exc}"
+    with channel:
+        return f"{target} {check(channel, timeout_s)}"
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from predictstore import operations
+
+    server = _server_health(settings, args.address)
+    for line in operations.status(settings, server):
+        print(line)
+    return 0
+
+
+def _psql(settings: Settings, args: argparse.Namespace) -> int:
+    from predictstore import operations
+
+    return operations.psql(settings, args.psql_args)
+
+
+def _backup(settings: Settings, args: argparse.Namespace) -> int:
+    from predictstore import operations
+
+    source = operations.backup(settings, args.path)
+    print(f"predictstore: backed up {source} into {args.path}")
+    return 0
+
+
+def _restore(settings: Settings, args: argparse.Namespace) -> int:
+    from predictstore import operations
+
+    target = operations.restore(settings, args.path)
+    print(f"predictstore: restored {args.path} into {target}")
+    return 0
+
+
+_OPERATIONS = {"status": _status, "psql": _psql, "backup": _backup, "restore": _restore}
 
 
 def _health(settings: Settings, args: argparse.Namespace) -> int:
