@@ -17,11 +17,11 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin predictstore \
     && mkdir /data && chown predictstore:predictstore /data
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY generated ./generated
 COPY migrations ./migrations
 COPY src ./src
-RUN pip install . && rm -rf /app/build
+RUN pip install -c constraints.txt . && rm -rf /app/build
 
 USER predictstore
 ENV PREDICTSTORE_LISTEN=0.0.0.0:50051 \
