@@ -9,6 +9,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from predictstore.app import RunningServer
 from predictstore.storage.database import Database
 from predictstore.transport.predictions import BULK_CHUNK
 from predictstore.v1 import common_pb2
@@ -273,18 +274,27 @@ async def _list_backends(db: Database) -> list[str]:
 
 
 async def test_a_cancelled_listing_stops_its_query(
-    predictions: PredictionServiceStub, db: Database
+    predictions: PredictionServiceStub, server: RunningServer, db: Database
 ) -> None:
-    items = [prediction(f"c{i:04}") for i in range(1000)]
+    # ~3 MB of predictions against a client window kept at 64 KiB (no BDP growth): the
+    # server cannot have sent them all, and closed its cursor, when the first frame
+    # arrives, however busy the machine is
+    items = [prediction(f"c{i:04}") for i in range(3000)]
+    for item in items:
+        item.metadata.update({"notes": "x" * 1000})
     await predictions.BatchCreatePredictions(_messages(items, 500))
-    call = predictions.ListPredictions(pb.ListPredictionsRequest(user_id="u1"))
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}", options=[("grpc.http2.bdp_probe", 0)]
+    )
+    call = PredictionServiceStub(channel).ListPredictions(pb.ListPredictionsRequest(user_id="u1"))
     first = await call.read()
-    assert len(first.predictions) == 50
+    assert len(first.predictions) > 0
     assert await _list_backends(db), "the listing should hold its cursor while it streams"
     call.cancel()
     for _ in range(100):  # bounded: ~10 s
         if not await _list_backends(db) and db.pool.get_idle_size() == db.pool.get_size():
             break
         await asyncio.sleep(0.1)
+    await channel.close()
     assert await _list_backends(db) == []
     assert db.pool.get_idle_size() == db.pool.get_size()
