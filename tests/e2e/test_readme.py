@@ -134,4 +134,12 @@ async def test_readme_grpcurl_examples_run(server: RunningServer) -> None:
         result = await _run([sys.executable, "-c", script], dict(os.environ))
         assert result.returncode == 0, f"{snippet}\n---\n{result.stderr}"
         printed.append(result.stdout)
-    assert printed[:2] == ["p-42 0.7\n", "2 0 []\n"], printed
+    assert printed[0] == "p-42 0.7\n", printed
+    # the client example: a create with a client-made id, the metric it wrote beside the
+    # grpcurl one, and the sync listing finding the prediction
+    created, table, listed = printed[1].splitlines()
+    pid, was_created = created.split()
+    assert was_created == "True"
+    assert table.startswith("2 ['time', 'metric_name',"), table
+    assert listed == f"{pid} churn-gbm"
+    assert printed[2] == "2 0 []\n", printed

@@ -1,4 +1,4 @@
-"""A producer client for predictstore metrics: ``MetricsWriter`` and ``SyncMetricsWriter``.
+"""The metrics producer: ``MetricsWriter`` and ``SyncMetricsWriter``.
 
 The writer buffers points, turns them into column-form batches (flushed by size and
 by interval) and sends them over one long-lived StreamWriteMetrics stream. Every batch
@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from predictstore.client.retry import retry_delay_s
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1 import metrics_service_pb2_grpc
 
@@ -72,24 +73,6 @@ class WriterStats:
     rejected: list[pb.RejectedPoint] = field(default_factory=list)
 
 
-def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
-    """The delay a google.rpc.RetryInfo detail of ``error`` asks for, if any."""
-    try:
-        from google.rpc import error_details_pb2, status_pb2
-    except ImportError:  # googleapis-common-protos missing: plain backoff
-        return None
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
-    return None
-
-
 class MetricsWriter:
     """Buffers points and streams them to predictstore, exactly once (see the module doc).
 
@@ -103,6 +86,7 @@ class MetricsWriter:
     None: never) without any acknowledgement coming, or after
     ``max_attempts`` failed streams in a row if that is set.
 
+    ``metadata`` goes with every stream, e.g. ``(("authorization", "Bearer KEY"),)``.
     ``close()`` waits at most ``close_timeout_s`` (default 60 s) for the last
     acknowledgements; past it, or if the writer failed, it raises ``WriterClosed`` saying
     how many points stayed unacknowledged.
@@ -120,6 +104,7 @@ class MetricsWriter:
         max_attempts: int | None = None,
         retry_deadline_s: float | None = DEFAULT_RETRY_DEADLINE_S,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         if isinstance(target, str):
             self._channel = grpc.aio.insecure_channel(target)
@@ -136,6 +121,7 @@ class MetricsWriter:
         self.max_attempts = max_attempts
         self.retry_deadline_s = retry_deadline_s
         self.close_timeout_s = close_timeout_s
+        self.metadata = metadata  # sent with every stream, e.g. the API key
         self.stats = WriterStats()
         self._prefix = uuid.uuid4().hex
         self._sequence = 0
@@ -361,7 +347,7 @@ class MetricsWriter:
 
     async def _stream_once(self) -> None:
         """One stream: resend the unacknowledged batches, then send new ones as they come."""
-        call = self._stub.StreamWriteMetrics()
+        call = self._stub.StreamWriteMetrics(metadata=self.metadata)
         reader = asyncio.create_task(self._read_acks(call))
         sent = 0
         try:

@@ -1,0 +1,127 @@
+"""Frames of predictstore's streaming reads as pyarrow Tables, built column-wise.
+
+Needs pyarrow (``pip install 'predictstore[arrow]'``); ``table.to_pandas()`` gives a
+DataFrame when pandas is installed. A QueryMetrics frame already carries its points in
+column form: times and values become Arrow columns through NumPy without a Python object
+per point, and the series columns are the frame's series taken by the per-point index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from google.protobuf import json_format
+
+from predictstore.v1 import metrics_service_pb2 as metrics_pb
+from predictstore.v1 import prediction_service_pb2 as prediction_pb
+
+TIME = pa.timestamp("us", tz="UTC")
+TAGS = pa.map_(pa.string(), pa.string())
+
+POINTS_SCHEMA = pa.schema(
+    [
+        ("time", TIME),
+        ("metric_name", pa.string()),
+        ("prediction_id", pa.string()),
+        ("user_id", pa.string()),
+        ("tags", TAGS),
+        ("value", pa.float64()),
+    ]
+)
+
+
+def _frame_points(columns: metrics_pb.PointColumns) -> pa.Table:
+    indexes = pa.array(np.asarray(columns.series_indexes, dtype=np.int32))
+    series = columns.series
+    by_series = {
+        "metric_name": pa.array([s.metric_name for s in series], pa.string()),
+        "prediction_id": pa.array([s.prediction_id for s in series], pa.string()),
+        "user_id": pa.array([s.user_id for s in series], pa.string()),
+        "tags": pa.array([sorted(s.tags.items()) for s in series], TAGS),
+    }
+    return pa.table(
+        {
+            "time": pa.array(np.asarray(columns.time_unix_micros, dtype=np.int64), TIME),
+            **{name: values.take(indexes) for name, values in by_series.items()},
+            "value": pa.array(np.asarray(columns.values, dtype=np.float64)),
+        },
+        schema=POINTS_SCHEMA,
+    )
+
+
+def points_table(frames: Sequence[metrics_pb.QueryMetricsResponse]) -> pa.Table:
+    """One row per point of the frames, in their order."""
+    tables = [_frame_points(f.columns) for f in frames if len(f.columns.values)]
+    if not tables:
+        return POINTS_SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def _micros(message: Any, field: str) -> int | None:
+    if not message.HasField(field):
+        return None
+    ts = getattr(message, field)
+    return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1000
+
+
+def buckets_table(buckets: Sequence[metrics_pb.AggregateBucket]) -> pa.Table:
+    """One row per AggregateMetrics bucket; unasked aggregations are null."""
+    optional = ("sum", "avg", "min", "max")
+    return pa.table(
+        {
+            "bucket_start_time": pa.array([_micros(b, "bucket_start_time") for b in buckets], TIME),
+            "metric_name": pa.array([b.metric_name for b in buckets], pa.string()),
+            "group_value": pa.array([b.group_value for b in buckets], pa.string()),
+            "count": pa.array([b.count for b in buckets], pa.uint64()),
+            **{
+                name: pa.array(
+                    [getattr(b, name) if b.HasField(name) else None for b in buckets],
+                    pa.float64(),
+                )
+                for name in optional
+            },
+            "percentiles": pa.array(
+                [[(p.percentile, p.value) for p in b.percentiles] for b in buckets],
+                pa.map_(pa.float64(), pa.float64()),
+            ),
+        }
+    )
+
+
+def predictions_table(predictions: Sequence[prediction_pb.Prediction]) -> pa.Table:
+    """One row per prediction; payload and metadata as JSON text."""
+
+    def column(field: str) -> list[Any]:
+        return [getattr(p, field) for p in predictions]
+
+    def forecast(field: str) -> list[float | None]:
+        return [getattr(p.forecast, field) if p.HasField("forecast") else None for p in predictions]
+
+    return pa.table(
+        {
+            "prediction_id": pa.array(column("prediction_id"), pa.string()),
+            "user_id": pa.array(column("user_id"), pa.string()),
+            "context": pa.array(column("context"), pa.string()),
+            "prediction_type": pa.array(column("prediction_type"), pa.string()),
+            "payload": pa.array(
+                [json_format.MessageToJson(p.payload, indent=None) for p in predictions]
+            ),
+            "confidence": pa.array(
+                [p.confidence if p.HasField("confidence") else None for p in predictions],
+                pa.float64(),
+            ),
+            "forecast_value": pa.array(forecast("value"), pa.float64()),
+            "forecast_lower": pa.array(forecast("lower_bound"), pa.float64()),
+            "forecast_upper": pa.array(forecast("upper_bound"), pa.float64()),
+            "model_name": pa.array(column("model_name"), pa.string()),
+            "model_version": pa.array(column("model_version"), pa.string()),
+            "target_time": pa.array([_micros(p, "target_time") for p in predictions], TIME),
+            "metadata": pa.array(
+                [json_format.MessageToJson(p.metadata, indent=None) for p in predictions]
+            ),
+            "create_time": pa.array([_micros(p, "create_time") for p in predictions], TIME),
+        }
+    )
