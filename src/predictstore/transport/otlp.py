@@ -25,17 +25,22 @@ OTLP semantics:
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 import numpy.typing as npt
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_pb
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from predictstore.domain.metrics import (
     SeriesKey,
@@ -100,23 +105,75 @@ class OtlpOptions:
         )
 
 
+# -- the wire form ----------------------------------------------------------------------
+
+WIRE_PACKAGE = "predictstore.otlp_wire.metrics.v1"
+_WIRE_FILE = "predictstore/otlp_wire/metrics.proto"
+_RAW_FIELDS = ("attributes", "exemplars")
+
+
+def _mirror_message(message: descriptor_pb2.DescriptorProto, old: str, new: str) -> None:
+    for field in message.field:
+        if message.name.endswith("DataPoint") and field.name in _RAW_FIELDS:
+            field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+            field.ClearField("type_name")
+        elif field.type_name.startswith(old):
+            field.type_name = new + field.type_name[len(old) :]
+    for nested in message.nested_type:
+        _mirror_message(nested, old, new)
+
+
+def _wire_request_class() -> Any:
+    """ExportMetricsServiceRequest as parsed here: the published OTLP metrics messages,
+    field for field, except that a data point's attributes (and exemplars) stay their
+    wire bytes. The bytes on the wire are the same; a data point then costs no Python
+    object per attribute, and a known attribute set is one dict lookup keyed by its
+    bytes (as WriteMetrics keys known series by their wire bytes)."""
+    pool = descriptor_pool.Default()
+    name = f"{WIRE_PACKAGE}.ExportMetricsServiceRequest"
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    except KeyError:
+        pass
+    fd = descriptor_pb2.FileDescriptorProto()
+    metrics_pb2.DESCRIPTOR.CopyToProto(fd)
+    old, new = f".{fd.package}.", f".{WIRE_PACKAGE}."
+    fd.name, fd.package = _WIRE_FILE, WIRE_PACKAGE
+    fd.ClearField("options")
+    for message in fd.message_type:
+        _mirror_message(message, old, new)
+    request = fd.message_type.add(name="ExportMetricsServiceRequest")
+    request.field.add(
+        name="resource_metrics",
+        number=1,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=f"{new}ResourceMetrics",
+    )
+    pool.Add(fd)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+
+
+WireRequest = _wire_request_class()
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """An Export as it arrived: the parsed request (None: too large), size and digest."""
 
-    request: otlp_pb.ExportMetricsServiceRequest | None
+    request: Any
     size: int
     digest: str
 
 
-def receiver(max_bytes: int) -> Any:
-    """The request deserializer: parses, and fingerprints the bytes for retry dedupe."""
+def receiver(max_bytes: int) -> Callable[[bytes], Received]:
+    """The request deserializer: parses the wire form, fingerprints the bytes (retry
+    dedupe), and refuses a request over ``max_bytes`` before parsing it."""
 
     def deserialize(data: bytes) -> Received:
         if len(data) > max_bytes:
             return Received(None, len(data), "")
-        request = otlp_pb.ExportMetricsServiceRequest.FromString(data)
-        return Received(request, len(data), hashlib.sha256(data).hexdigest())
+        return Received(WireRequest.FromString(data), len(data), hashlib.sha256(data).hexdigest())
 
     return deserialize
 
@@ -161,35 +218,79 @@ def any_text(value: Any) -> str:
     return found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
 
 
-def _attributes(pairs: Iterable[Any]) -> tuple[tuple[str, str], ...]:
-    """Attributes as (key, text) pairs, in their order (one step per attribute)."""
-    out = []
-    for kv in pairs:
-        value = kv.value
-        text = value.string_value
-        out.append((kv.key, text if text else any_text(value)))
-    return tuple(out)
+def _tags_of(raw: Sequence[bytes]) -> dict[str, str]:
+    """Data point attributes (KeyValue wire bytes) as tags; the last of a repeated key
+    wins. Bytes that do not parse raise DecodeError (the Export is malformed)."""
+    tags = {}
+    for item in raw:
+        kv = common_pb2.KeyValue.FromString(item)
+        tags[kv.key] = any_text(kv.value)
+    return tags
 
 
 # -- mapping ---------------------------------------------------------------------------
 
+# A series as a data point names it: (metric context, name, attribute bytes, extra tag).
+# The context stands for the resource tags, unit and temporality of the metric.
+MemoKey = tuple[int, str, tuple[bytes, ...], tuple[str, str] | None]
+
+
+class SeriesMemo:
+    """What earlier Exports taught: metric contexts as small ints, and the series id of
+    each valid (context, name, attributes, extra) seen. Bounded: cleared when full."""
+
+    def __init__(self, max_entries: int = MAX_MEMO_SERIES) -> None:
+        self.max_entries = max_entries
+        self.contexts: dict[tuple[tuple[str, str], ...], int] = {}
+        self.ids: dict[MemoKey, int] = {}
+
+    def context(self, base: dict[str, str]) -> int:
+        key = tuple(sorted(base.items()))
+        found = self.contexts.get(key)
+        if found is None:
+            if len(self.contexts) >= self.max_entries:
+                self.contexts.clear()
+                self.ids.clear()  # their context numbers would be reused
+            found = self.contexts[key] = len(self.contexts)
+        return found
+
+    def learn(self, learnt: dict[MemoKey, int]) -> None:
+        if len(self.ids) + len(learnt) > self.max_entries:
+            self.ids.clear()
+        self.ids.update(learnt)
+
 
 class _Mapped:
-    """The points of one Export as columns: series position, time, value and the ordinal
-    of the OTLP data point each came from (to count rejected data points, not points)."""
+    """The points of one Export as columns: series code, time, value and the ordinal of
+    the OTLP data point each came from (to count rejected data points, not points).
 
-    def __init__(self) -> None:
-        self.series: list[SeriesKey] = []
-        self._positions: dict[SeriesKey, int] = {}
-        self._memo: dict[tuple[Any, ...], int] = {}
+    A series code is the series id when the memo knows the series, else -(n + 1) for the
+    n-th new series of this Export (``new``, resolved after mapping).
+    """
+
+    def __init__(self, memo: SeriesMemo) -> None:
+        self.memo = memo
+        self.known = memo.ids
+        self.new: list[SeriesKey] = []
+        self.new_keys: list[MemoKey] = []
+        self._pending: dict[MemoKey, int] = {}
+        self._bases: dict[int, dict[str, str]] = {}
         self._texts: dict[float, str] = {}
-        self.positions: list[int] = []
+        self.codes: list[int] = []
         self.times: list[int] = []
         self.values: list[float] = []
         self.origins: list[int] = []
         self.data_points = 0
+        # (first data point ordinal, metric name) of each metric, in order
+        self.metrics: list[tuple[int, str]] = []
         # data points rejected while mapping: (metric, reason) -> ordinals
         self.malformed: dict[tuple[str, str], list[int]] = {}
+
+    def begin(self, name: str, base: dict[str, str]) -> int:
+        self.metrics.append((self.data_points, name))
+        context = self.memo.context(base)
+        self._bases[context] = base
+        return context
 
     def text(self, number: float) -> str:
         found = self._texts.get(number)
@@ -197,43 +298,43 @@ class _Mapped:
             found = self._texts[number] = number_text(number)
         return found
 
-    def position(
+    def code(
         self,
         context: int,
         name: str,
-        attributes: tuple[tuple[str, str], ...],
-        base: dict[str, str],
+        attributes: tuple[bytes, ...],
         extra: tuple[str, str] | None = None,
     ) -> int:
-        """The series position of ``name`` with these attributes in one metric's context.
-
-        Memoised by (context, name, attributes, extra): a repeated attribute set costs a
-        dict lookup, not a sorted merge of tags.
-        """
+        """The series code of ``name`` with these attributes in a metric's context."""
         memo_key = (context, name, attributes, extra)
-        found = self._memo.get(memo_key)
+        found = self.known.get(memo_key)
         if found is not None:
             return found
-        tags = dict(attributes)
-        tags.update(base)
+        found = self._pending.get(memo_key)
+        if found is not None:
+            return found
+        tags = _tags_of(attributes)
+        tags.update(self._bases[context])
         if extra is not None:
             tags[extra[0]] = extra[1]
-        key = SeriesKey(name, "", "", tuple(sorted(tags.items())))
-        found = self._positions.get(key)
-        if found is None:
-            found = self._positions[key] = len(self.series)
-            self.series.append(key)
-        self._memo[memo_key] = found
+        self.new.append(SeriesKey(name, "", "", tuple(sorted(tags.items()))))
+        self.new_keys.append(memo_key)
+        found = self._pending[memo_key] = -len(self.new)
         return found
 
-    def add(self, position: int, time_us: int, value: float, origin: int) -> None:
-        self.positions.append(position)
+    def add(self, code: int, time_us: int, value: float, origin: int) -> None:
+        self.codes.append(code)
         self.times.append(time_us)
         self.values.append(value)
         self.origins.append(origin)
 
     def reject(self, metric: str, reason: str, origin: int) -> None:
         self.malformed.setdefault((metric, reason), []).append(origin)
+
+    def metric_of(self, origin: int) -> str:
+        """The metric name of a data point, by its ordinal."""
+        index = bisect.bisect_right(self.metrics, (origin, "\U0010ffff")) - 1
+        return self.metrics[index][1]
 
 
 def _resource_tags(resource: Any, promoted: tuple[str, ...]) -> dict[str, str]:
@@ -245,43 +346,44 @@ def _resource_tags(resource: Any, promoted: tuple[str, ...]) -> dict[str, str]:
     }
 
 
-def map_export(request: Any, promoted: tuple[str, ...]) -> _Mapped:
-    """Every data point of an Export as predictstore points (see domain/otlp.py)."""
-    out = _Mapped()
-    context = 0
+def map_export(request: Any, promoted: tuple[str, ...], memo: SeriesMemo) -> _Mapped:
+    """Every data point of an Export (wire form) as predictstore points."""
+    out = _Mapped(memo)
     for resource_metrics in request.resource_metrics:
         resource = _resource_tags(resource_metrics.resource, promoted)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                context += 1
                 base = dict(resource)
                 if metric.unit:
                     base[UNIT_TAG] = metric.unit
                 kind = metric.WhichOneof("data")
+                name = metric.name
                 if kind == "gauge":
-                    _numbers(out, context, metric.name, base, metric.gauge.data_points)
+                    _numbers(out, out.begin(name, base), name, metric.gauge.data_points)
                 elif kind == "sum":
                     base[TEMPORALITY_TAG] = temporality_text(metric.sum.aggregation_temporality)
-                    _numbers(out, context, metric.name, base, metric.sum.data_points)
+                    _numbers(out, out.begin(name, base), name, metric.sum.data_points)
                 elif kind == "histogram":
                     data = metric.histogram
                     base[TEMPORALITY_TAG] = temporality_text(data.aggregation_temporality)
-                    _histograms(out, context, metric.name, base, data.data_points)
+                    _histograms(out, out.begin(name, base), name, data.data_points)
                 elif kind == "exponential_histogram":
                     data = metric.exponential_histogram
                     base[TEMPORALITY_TAG] = temporality_text(data.aggregation_temporality)
-                    _exponential(out, context, metric.name, base, data.data_points)
+                    _exponential(out, out.begin(name, base), name, data.data_points)
                 elif kind == "summary":
-                    _summaries(out, context, metric.name, base, metric.summary.data_points)
+                    _summaries(out, out.begin(name, base), name, metric.summary.data_points)
     return out
 
 
-def _numbers(out: _Mapped, context: int, name: str, base: dict[str, str], points: Any) -> None:
-    """Gauge and Sum: one point per data point, its value."""
-    position, add = out.position, out.add
+def _numbers(out: _Mapped, context: int, name: str, points: Any) -> None:
+    """Gauge and Sum: one point per data point, its value. The hot loop of the common
+    case, so the memo lookup and the appends are inlined."""
+    known, code = out.known, out.code
+    codes, times, values, origins = out.codes, out.times, out.values, out.origins
+    origin = out.data_points
     for dp in points:
-        origin = out.data_points
-        out.data_points += 1
+        origin += 1
         if dp.flags & NO_RECORDED_VALUE:
             continue
         kind = dp.WhichOneof("value")
@@ -290,19 +392,20 @@ def _numbers(out: _Mapped, context: int, name: str, base: dict[str, str], points
         elif kind == "as_int":
             value = float(dp.as_int)
         else:
-            out.reject(name, "value: as_double or as_int must be set", origin)
+            out.reject(name, "value: as_double or as_int must be set", origin - 1)
             continue
-        add(
-            position(context, name, _attributes(dp.attributes), base),
-            dp.time_unix_nano // 1000,
-            value,
-            origin,
-        )
+        attributes = tuple(dp.attributes)
+        found = known.get((context, name, attributes, None))
+        codes.append(code(context, name, attributes) if found is None else found)
+        times.append(dp.time_unix_nano // 1000)
+        values.append(value)
+        origins.append(origin - 1)
+    out.data_points = origin
 
 
-def _histograms(out: _Mapped, context: int, name: str, base: dict[str, str], points: Any) -> None:
+def _histograms(out: _Mapped, context: int, name: str, points: Any) -> None:
     """Histogram: _count, _sum, _min, _max and one cumulative _bucket per bound (le)."""
-    position, add, text = out.position, out.add, out.text
+    code, add, text = out.code, out.add, out.text
     count_name, sum_name = name + COUNT_SUFFIX, name + SUM_SUFFIX
     bucket_name = name + BUCKET_SUFFIX
     for dp in points:
@@ -314,19 +417,19 @@ def _histograms(out: _Mapped, context: int, name: str, base: dict[str, str], poi
         if counts and len(counts) != len(bounds) + 1:
             out.reject(name, "bucket_counts must hold one entry more than explicit_bounds", origin)
             continue
-        attributes = _attributes(dp.attributes)
+        attributes = tuple(dp.attributes)
         time_us = dp.time_unix_nano // 1000
-        add(position(context, count_name, attributes, base), time_us, float(dp.count), origin)
+        add(code(context, count_name, attributes), time_us, float(dp.count), origin)
         if dp.HasField("sum"):
-            add(position(context, sum_name, attributes, base), time_us, dp.sum, origin)
-        _extremes(out, context, name, attributes, base, dp, time_us, origin)
+            add(code(context, sum_name, attributes), time_us, dp.sum, origin)
+        _extremes(out, context, name, attributes, dp, time_us, origin)
         running = 0
         last = len(bounds)
         for i, count in enumerate(counts):
             running += count
             bound = INFINITY_BOUND if i == last else text(bounds[i])
             add(
-                position(context, bucket_name, attributes, base, (BOUND_TAG, bound)),
+                code(context, bucket_name, attributes, (BOUND_TAG, bound)),
                 time_us,
                 float(running),
                 origin,
@@ -337,22 +440,21 @@ def _extremes(
     out: _Mapped,
     context: int,
     name: str,
-    attributes: tuple[tuple[str, str], ...],
-    base: dict[str, str],
+    attributes: tuple[bytes, ...],
     dp: Any,
     time_us: int,
     origin: int,
 ) -> None:
     if dp.HasField("min"):
-        out.add(out.position(context, name + MIN_SUFFIX, attributes, base), time_us, dp.min, origin)
+        out.add(out.code(context, name + MIN_SUFFIX, attributes), time_us, dp.min, origin)
     if dp.HasField("max"):
-        out.add(out.position(context, name + MAX_SUFFIX, attributes, base), time_us, dp.max, origin)
+        out.add(out.code(context, name + MAX_SUFFIX, attributes), time_us, dp.max, origin)
 
 
-def _exponential(out: _Mapped, context: int, name: str, base: dict[str, str], points: Any) -> None:
+def _exponential(out: _Mapped, context: int, name: str, points: Any) -> None:
     """ExponentialHistogram: _count, _sum, _min, _max, and the quantiles of
     EXPONENTIAL_QUANTILES estimated from the buckets, as ``name`` tagged ``quantile``."""
-    position, add, text = out.position, out.add, out.text
+    code, add, text = out.code, out.add, out.text
     count_name, sum_name = name + COUNT_SUFFIX, name + SUM_SUFFIX
     for dp in points:
         origin = out.data_points
@@ -362,12 +464,12 @@ def _exponential(out: _Mapped, context: int, name: str, base: dict[str, str], po
         if not MIN_SCALE <= dp.scale <= MAX_SCALE:
             out.reject(name, f"scale must be between {MIN_SCALE} and {MAX_SCALE}", origin)
             continue
-        attributes = _attributes(dp.attributes)
+        attributes = tuple(dp.attributes)
         time_us = dp.time_unix_nano // 1000
-        add(position(context, count_name, attributes, base), time_us, float(dp.count), origin)
+        add(code(context, count_name, attributes), time_us, float(dp.count), origin)
         if dp.HasField("sum"):
-            add(position(context, sum_name, attributes, base), time_us, dp.sum, origin)
-        _extremes(out, context, name, attributes, base, dp, time_us, origin)
+            add(code(context, sum_name, attributes), time_us, dp.sum, origin)
+        _extremes(out, context, name, attributes, dp, time_us, origin)
         estimates = exponential_quantiles(
             EXPONENTIAL_QUANTILES,
             dp.scale,
@@ -379,26 +481,25 @@ def _exponential(out: _Mapped, context: int, name: str, base: dict[str, str], po
             dp.max if dp.HasField("max") else None,
         )
         for q, value in zip(EXPONENTIAL_QUANTILES, estimates, strict=False):
-            extra = (QUANTILE_TAG, text(q))
-            add(position(context, name, attributes, base, extra), time_us, value, origin)
+            add(code(context, name, attributes, (QUANTILE_TAG, text(q))), time_us, value, origin)
 
 
-def _summaries(out: _Mapped, context: int, name: str, base: dict[str, str], points: Any) -> None:
+def _summaries(out: _Mapped, context: int, name: str, points: Any) -> None:
     """Summary: _count, _sum and each reported quantile as ``name`` tagged ``quantile``."""
-    position, add, text = out.position, out.add, out.text
+    code, add, text = out.code, out.add, out.text
     count_name, sum_name = name + COUNT_SUFFIX, name + SUM_SUFFIX
     for dp in points:
         origin = out.data_points
         out.data_points += 1
         if dp.flags & NO_RECORDED_VALUE:
             continue
-        attributes = _attributes(dp.attributes)
+        attributes = tuple(dp.attributes)
         time_us = dp.time_unix_nano // 1000
-        add(position(context, count_name, attributes, base), time_us, float(dp.count), origin)
-        add(position(context, sum_name, attributes, base), time_us, dp.sum, origin)
+        add(code(context, count_name, attributes), time_us, float(dp.count), origin)
+        add(code(context, sum_name, attributes), time_us, dp.sum, origin)
         for qv in dp.quantile_values:
             extra = (QUANTILE_TAG, text(qv.quantile))
-            add(position(context, name, attributes, base, extra), time_us, qv.value, origin)
+            add(code(context, name, attributes, extra), time_us, qv.value, origin)
 
 
 # -- the servicer ----------------------------------------------------------------------
@@ -439,12 +540,11 @@ class OtlpMetricsServicer:
         self.writer = writer
         self.options = options
         self.active = 0
-        # series keys known to be valid (bounded): validated once, not once per Export
-        self._valid: set[SeriesKey] = set()
+        self.memo = SeriesMemo()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler of the service: our deserializer keeps the request's size
-        and fingerprint, which the generated add_..._to_server would not."""
+        """The generic handler of the service: our deserializer parses the wire form and
+        keeps the request's size and fingerprint."""
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME_OTLP,
             {
@@ -483,25 +583,36 @@ class OtlpMetricsServicer:
             self.active -= 1
 
     async def _export(self, received: Received) -> otlp_pb.ExportMetricsServiceResponse:
-        mapped = map_export(received.request, self.options.resource_attributes)
+        try:
+            mapped = map_export(received.request, self.options.resource_attributes, self.memo)
+        except DecodeError:
+            raise InvalidArgument(
+                [FieldViolation("attributes", "a data point attribute is not a KeyValue")]
+            ) from None
         outcome = _Outcome(mapped)
-        count = len(mapped.positions)
-        good = np.ones(count, dtype=np.bool_)
-        positions = np.array(mapped.positions, dtype=np.int64)
+        count = len(mapped.codes)
+        codes = np.array(mapped.codes, dtype=np.int64)
         origins = np.array(mapped.origins, dtype=np.int64)
         # microseconds from a uint64 of nanoseconds: at most 1.8e16, int64 holds it
         times = np.array(mapped.times, dtype=np.int64)
         values = np.array(mapped.values, dtype=np.float64)
 
-        ids = await self._series_ids(mapped.series, outcome, positions, origins, good)
+        ids = codes
+        if mapped.new:
+            new_ids = await self._new_series_ids(mapped, outcome, codes, origins)
+            fresh = codes < 0
+            ids = codes.copy()
+            ids[fresh] = new_ids[-codes[fresh] - 1]
+        good = ids >= 0
         where = np.flatnonzero(good)
         checked, problems = check_points(
             times[where], values[where], time.time_ns() // 1000, self.writer.options.limits
         )
         for problem in problems:
-            hit = where[problem.indexes]
-            metric = mapped.series[int(positions[hit[0]])].metric_name
-            outcome.add(metric, f"{problem.field} {problem.reason}", origins[hit].tolist())
+            hit = origins[where[problem.indexes]]
+            outcome.add(
+                mapped.metric_of(int(hit[0])), f"{problem.field} {problem.reason}", hit.tolist()
+            )
         good[where[~checked]] = False
         # a data point is stored whole or not at all: one bad part rejects its other parts
         if outcome.rejected:
@@ -510,9 +621,9 @@ class OtlpMetricsServicer:
         accepted = int(good.sum())
         rejected = len(outcome.rejected)
         if accepted:
-            stored = await self._commit(received, ids, positions, times, values, good, rejected)
-            if stored is not None:
-                rejected = stored
+            first = await self._commit(received, ids, times, values, good, rejected)
+            if first is not None:
+                rejected = first
         if count > accepted:
             self.writer.telemetry.rejected_points(count - accepted, "invalid")
         if not rejected:
@@ -526,33 +637,28 @@ class OtlpMetricsServicer:
             )
         )
 
-    async def _series_ids(
+    async def _new_series_ids(
         self,
-        series: Sequence[SeriesKey],
+        mapped: _Mapped,
         outcome: _Outcome,
-        positions: npt.NDArray[np.int64],
+        codes: npt.NDArray[np.int64],
         origins: npt.NDArray[np.int64],
-        good: npt.NDArray[np.bool_],
     ) -> npt.NDArray[np.int64]:
-        """The series id of each series (-1: invalid or over the cardinality cap); the
-        points of a bad series are marked in ``good`` and reported in ``outcome``."""
+        """The ids of the series this Export named first (-1: invalid, or past the
+        cardinality cap; their data points are reported in ``outcome``). The valid ones
+        are remembered for the next Exports."""
+        series = mapped.new
         limits = self.writer.options.limits
         ids = np.full(len(series), -1, dtype=np.int64)
         valid: list[int] = []
-        bad: dict[str, list[int]] = {}  # reason -> series positions
+        bad: dict[str, list[int]] = {}  # reason -> indexes into series
         for i, key in enumerate(series):
-            if key in self._valid:
-                valid.append(i)
-                continue
             violations = validate_series(key, limits)
             if violations:
                 v = violations[0]
                 bad.setdefault(f"{v.field} {v.description}", []).append(i)
             else:
                 valid.append(i)
-                if len(self._valid) >= MAX_MEMO_SERIES:
-                    self._valid.clear()
-                self._valid.add(key)
         resolver = self.writer.resolver
         if valid:
             try:
@@ -567,9 +673,9 @@ class OtlpMetricsServicer:
                         ids[group] = await resolver.resolve([series[i] for i in group])
                     except ResourceExhausted as exc:
                         bad.setdefault(exc.message, []).extend(group)
+        self.memo.learn({mapped.new_keys[i]: int(ids[i]) for i in valid if ids[i] >= 0})
         for reason, members in bad.items():
-            hit = np.isin(positions, np.array(members, dtype=np.int64))
-            good &= ~hit
+            hit = np.isin(codes, -1 - np.array(members, dtype=np.int64))
             outcome.add(series[members[0]].metric_name, reason, origins[hit].tolist())
         return ids
 
@@ -577,7 +683,6 @@ class OtlpMetricsServicer:
         self,
         received: Received,
         ids: npt.NDArray[np.int64],
-        positions: npt.NDArray[np.int64],
         times: npt.NDArray[np.int64],
         values: npt.NDArray[np.float64],
         good: npt.NDArray[np.bool_],
@@ -588,11 +693,7 @@ class OtlpMetricsServicer:
         batch_id = BATCH_PREFIX + received.digest if self.options.dedupe_retries else ""
         kept = times[good]
         part = BatchPart(
-            batch_id,
-            encode_rows(kept, ids[positions[good]], values[good]),
-            len(kept),
-            rejected,
-            days_of(kept),
+            batch_id, encode_rows(kept, ids[good], values[good]), len(kept), rejected, days_of(kept)
         )
         writer = self.writer
         started = time.perf_counter()
