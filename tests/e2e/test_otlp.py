@@ -505,3 +505,22 @@ async def test_export_needs_metrics_write_and_is_audited(
         )
     assert stored == 1
     assert ("collector", "OK") in [(r["actor"], r["outcome"]) for r in audited]
+
+
+async def test_malformed_attributes_are_invalid_argument(channel: grpc.aio.Channel) -> None:
+    # a NumberDataPoint whose attribute (field 7) holds bytes that are no KeyValue
+    point = m.NumberDataPoint(time_unix_nano=time.time_ns(), as_double=1.0).SerializeToString()
+    point += b"\x3a\x02\xff\xff"
+    metric = m.Metric(name="hostile").SerializeToString() + b"\x2a" + bytes([len(point) + 2])
+    metric += b"\x0a" + bytes([len(point)]) + point  # gauge { data_points: point }
+    scope = b"\x12" + bytes([len(metric)]) + metric
+    resource_metrics = b"\x12" + bytes([len(scope)]) + scope
+    request = b"\x0a" + bytes([len(resource_metrics)]) + resource_metrics
+    raw = channel.unary_unary(
+        f"/{SERVICE_NAME_OTLP}/Export",
+        request_serializer=None,
+        response_deserializer=otlp_pb.ExportMetricsServiceResponse.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
