@@ -243,6 +243,9 @@ class SeriesMemo:
         self.max_entries = max_entries
         self.contexts: dict[tuple[tuple[str, str], ...], int] = {}
         self.ids: dict[MemoKey, int] = {}
+        # context numbers are never reused, even after a clear: an Export that learns
+        # after another one cleared the memo cannot file a series under a wrong context
+        self._next_context = 0
 
     def context(self, base: dict[str, str]) -> int:
         key = tuple(sorted(base.items()))
@@ -250,8 +253,9 @@ class SeriesMemo:
         if found is None:
             if len(self.contexts) >= self.max_entries:
                 self.contexts.clear()
-                self.ids.clear()  # their context numbers would be reused
-            found = self.contexts[key] = len(self.contexts)
+                self.ids.clear()
+            found = self.contexts[key] = self._next_context
+            self._next_context += 1
         return found
 
     def learn(self, learnt: dict[MemoKey, int]) -> None:
