@@ -48,6 +48,12 @@ from predictstore.transport.limits import StreamLimitInterceptor
 from predictstore.transport.metrics import MetricsServicer
 from predictstore.transport.metrics_read import MetricsReadHandlers
 from predictstore.transport.metrics_write import MetricsWriteHandlers
+from predictstore.transport.otlp import (
+    SERVICE_NAME_OTLP,
+    OtlpMetricsServicer,
+    OtlpOptions,
+    add_otlp_servicer,
+)
 from predictstore.transport.outcomes import OutcomeWriteHandlers
 from predictstore.transport.predictions import PredictionServicer
 from predictstore.transport.rpc_metrics import RpcMetricsInterceptor
@@ -72,6 +78,8 @@ SERVICE_NAMES = (
     feedback_service_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
     evaluation_service_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    # OTLP/gRPC metrics, on the same port behind the same interceptors
+    SERVICE_NAME_OTLP,
 )
 
 
@@ -90,6 +98,7 @@ class RunningServer:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     # told first on shutdown, so open write streams commit and end within the grace
     drains: list[Callable[[], None]] = field(default_factory=list)
+    otlp: OtlpMetricsServicer | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING, refuse new calls and let open ones finish, then stop probing.
@@ -166,6 +175,8 @@ async def start_server(
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
         MetricsServicer(metrics_writer, metrics_reader), server
     )
+    otlp = OtlpMetricsServicer(metrics_writer, OtlpOptions.from_settings(settings))
+    add_otlp_servicer(otlp, server)
     feedback_servicer = FeedbackServicer(
         FeedbackStore(db),
         FeedbackLimits(
@@ -218,6 +229,7 @@ async def start_server(
         running.tasks.append(asyncio.create_task(runner.run()))
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)
+    running.otlp = otlp
     return running
 
 

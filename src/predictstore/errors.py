@@ -87,6 +87,10 @@ class Unavailable(PredictstoreError):
         super().__init__(message)
 
 
+class Overloaded(Unavailable):
+    """The server has as much work in progress as it takes; retry after the delay."""
+
+
 class ShuttingDown(Unavailable):
     """The server is shutting down before the call was complete; resend what it did not
     acknowledge (batch ids make the resend safe)."""

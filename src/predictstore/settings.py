@@ -135,6 +135,30 @@ class Settings(BaseSettings):
         default=3_600, ge=0, description="Newest point accepted, in seconds after now."
     )
 
+    # OTLP/gRPC metrics endpoint (opentelemetry.proto.collector.metrics.v1.MetricsService)
+    otlp_max_receive_message_bytes: int = Field(
+        default=4 * MiB,
+        ge=1024,
+        description="Largest OTLP Export accepted (OTLP's default, 4 MiB; never above "
+        "max_receive_message_bytes); a larger one is INVALID_ARGUMENT.",
+    )
+    otlp_max_concurrent_exports: int = Field(
+        default=16,
+        ge=1,
+        description="OTLP Exports in progress at once; more are answered UNAVAILABLE with "
+        "RetryInfo (the exporter retries).",
+    )
+    otlp_resource_attributes: list[str] = Field(
+        default_factory=list,
+        description="Resource attributes promoted to tags besides service.name, as JSON, e.g. "
+        '["host.name", "deployment.environment"]; ["*"] promotes all.',
+    )
+    otlp_dedupe_retries: bool = Field(
+        default=True,
+        description="Store a byte-identical resend of a committed OTLP Export once (its "
+        "SHA-256 is its batch id, within metrics_batch_dedupe_horizon_s).",
+    )
+
     # metrics read path
     metrics_query_max_points: int = Field(
         default=10_000_000,

@@ -29,6 +29,11 @@ _RESOURCES = {
     "FeedbackService": "feedback",
     "EvaluationService": "evaluation",
 }
+# services of other packages that predictstore serves, by full name: their scope
+_FOREIGN_SCOPES = {
+    # OTLP/gRPC metrics (any OpenTelemetry SDK or Collector): a metrics producer
+    "opentelemetry.proto.collector.metrics.v1.MetricsService": "metrics:write",
+}
 _WRITE_VERBS = (
     "Create",
     "BatchCreate",
@@ -42,8 +47,12 @@ _WRITE_VERBS = (
 
 
 def required_scope(method: str) -> str | None:
-    """The scope an RPC needs (``/predictstore.v1.X/Y``); None for non-predictstore RPCs."""
+    """The scope an RPC needs (``/predictstore.v1.X/Y``, or a foreign service we serve);
+    None for the rest (health, reflection: open or not by the policy)."""
     service_path, _, name = method.rpartition("/")
+    foreign = _FOREIGN_SCOPES.get(service_path.lstrip("/"))
+    if foreign is not None:
+        return foreign
     package, _, service = service_path.lstrip("/").rpartition(".")
     if package != "predictstore.v1":
         return None

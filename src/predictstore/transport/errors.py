@@ -24,6 +24,7 @@ from predictstore.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PredictstoreError,
     ResourceExhausted,
     ShuttingDown,
@@ -61,6 +62,7 @@ _CODES: dict[type[PredictstoreError], tuple[grpc.StatusCode, int, str]] = {
     ),
     # before Unavailable, its base class: the first match wins
     ShuttingDown: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "SHUTTING_DOWN"),
+    Overloaded: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "OVERLOADED"),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
 }
 
@@ -129,9 +131,15 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
             extra={"action": "rpc_internal_error", "method": method},
         )
     code, message, status = status_for(exc)
-    await context.abort(
-        code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
-    )
+    trailers = [("grpc-status-details-bin", status.SerializeToString())]
+    # RetryInfo also on its own trailer: OpenTelemetry's Python OTLP exporter reads the
+    # delay there, not from the status details
+    trailers += [
+        ("google.rpc.retryinfo-bin", d.value)
+        for d in status.details
+        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+    ]
+    await context.abort(code, message, trailing_metadata=tuple(trailers))
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
