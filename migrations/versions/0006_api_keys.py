@@ -6,7 +6,7 @@ revoked key keeps its row, so the list shows it and the table never empties: onc
 was created, authentication stays on for every server on the database. A name is unique
 among usable keys only: after revoking "ingest" a new "ingest" may be made.
 
-metric_series_name_idx orders series by metric name, then by when they were first
+metric_series_name_idx orders series by metric name (code points), then by when they were first
 written: ListSeries and ListMetricNames read it in that order and resume from a position
 in it, a frame at a time, instead of sorting the whole series table for every frame.
 
@@ -42,7 +42,9 @@ def upgrade() -> None:
     op.execute(
         "CREATE UNIQUE INDEX api_keys_usable_name_idx ON api_keys (name) WHERE revoke_time IS NULL"
     )
-    op.execute("CREATE INDEX metric_series_name_idx ON metric_series (metric_name, series_id)")
+    op.execute(
+        'CREATE INDEX metric_series_name_idx ON metric_series (metric_name COLLATE "C", series_id)'
+    )
 
 
 def downgrade() -> None:

@@ -48,6 +48,7 @@ from predictstore.transport.feedback import FeedbackServicer
 from predictstore.transport.health import HealthReporter
 from predictstore.transport.limits import StreamLimitInterceptor
 from predictstore.transport.metrics import MetricsServicer
+from predictstore.transport.metrics_discovery import SeriesDiscoveryHandlers
 from predictstore.transport.metrics_read import MetricsReadHandlers
 from predictstore.transport.metrics_write import MetricsWriteHandlers
 from predictstore.transport.outcomes import OutcomeWriteHandlers
@@ -171,7 +172,16 @@ async def start_server(
         use_rollup=settings.metrics_aggregate_use_rollup,
     )
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
-        MetricsServicer(metrics_writer, metrics_reader), server
+        MetricsServicer(
+            metrics_writer,
+            metrics_reader,
+            SeriesDiscoveryHandlers(
+                db,
+                frame_max_items=settings.frame_max_items,
+                frame_max_bytes=settings.frame_max_bytes,
+            ),
+        ),
+        server,
     )
     feedback_servicer = FeedbackServicer(
         FeedbackStore(db),

@@ -25,7 +25,7 @@ from predictstore.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from predictstore.storage.api_keys import ApiKeyStore, StoredKey
 from predictstore.transport.auth import AuthPolicy
 from predictstore.transport.convert import to_timestamp
-from predictstore.transport.frames import framed
+from predictstore.transport.frames import keyed_frames
 from predictstore.v1 import admin_service_pb2 as pb
 
 # Resume position of settings keys: they come first, before database key id 1.
@@ -110,15 +110,6 @@ class ApiKeyHandlers:
         phase, position = 0, -1
         if request.resume_token:
             phase, position = resume.decode_key(request.resume_token, query, int, int)
-        # each converted key's position, until its frame is sent (the frame builder
-        # converts one key past the end of a full frame)
-        positions: dict[int, list[int]] = {}
-
-        def frame(keys: list[pb.ApiKey]) -> pb.ListApiKeysResponse:
-            last = positions[id(keys[-1])]
-            for key in keys:
-                del positions[id(key)]
-            return pb.ListApiKeysResponse(api_keys=keys, resume_token=resume.encode(query, last))
 
         async def batches() -> AsyncIterator[list[tuple[list[int], pb.ApiKey]]]:
             if phase == _SETTINGS_PHASE:
@@ -131,11 +122,5 @@ class ApiKeyHandlers:
             async for rows in self.store.stream(after_id, self.frame_max_items):
                 yield [([1, k.key_id], _stored(k)) for k in rows]
 
-        def convert(item: tuple[list[int], pb.ApiKey]) -> pb.ApiKey:
-            positions[id(item[1])] = item[0]
-            return item[1]
-
-        async for response in framed(
-            batches(), convert, frame, self.frame_max_items, self.frame_max_bytes
-        ):
-            yield response
+        async for keys, last in keyed_frames(batches(), self.frame_max_items, self.frame_max_bytes):
+            yield pb.ListApiKeysResponse(api_keys=keys, resume_token=resume.encode(query, last))
