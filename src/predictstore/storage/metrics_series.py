@@ -9,7 +9,8 @@ the table holds. What they add per row, and what it costs:
   which stop at the first partition or chunk holding a point. Exact, compressed chunks
   included.
 - point counts (TimescaleDB mode only): sums over the hourly continuous aggregate, the
-  rollup's rows of the series (about one per series and hour), restricted to the hours
+  rollup's rows of the series (about one per series and hour; one statement per
+  batch of series, one pass for the names), restricted to the hours
   of chunks still stored (the aggregate outlives retention). Exact below the rollup's
   watermark; the points after it are not counted. PostgreSQL mode has no rollup, and an
   exact count would scan every point: it gives none.
@@ -17,12 +18,12 @@ the table holds. What they add per row, and what it costs:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from predictstore.storage.database import Database, Params
 from predictstore.storage.metrics_read import ROLLUP_VIEW, SeriesFilter, micros_to_datetime
@@ -71,6 +72,20 @@ class SeriesStats:
     point_count: int | None
 
 
+def _series(r: asyncpg.Record, point_count: int | None) -> SeriesStats:
+    return SeriesStats(
+        r["series_id"],
+        r["metric_name"],
+        r["prediction_id"],
+        r["user_id"],
+        r["tags"],
+        r["create_time"],
+        r["first_time"],
+        r["last_time"],
+        point_count,
+    )
+
+
 def _where(flt: SeriesFilter, p: Params, alias: str) -> list[str]:
     """The filter's conditions on metric_series ``alias`` (as series_query has them)."""
     where: list[str] = []
@@ -85,35 +100,32 @@ def _where(flt: SeriesFilter, p: Params, alias: str) -> list[str]:
     return where
 
 
-def series_stats_query(
-    flt: SeriesFilter, after: tuple[str, int] | None, rollup: RollupExtent | None
-) -> tuple[str, list[Any]]:
+def series_stats_query(flt: SeriesFilter, after: tuple[str, int] | None) -> tuple[str, list[Any]]:
     """LIST_SERIES: matching series from a position on, with their first and last point
-    times and, given the rollup's extent, their point counts."""
+    times."""
     p = Params()
     where = _where(flt, p, "s")
     if after is not None:
         where.append(f'(s.metric_name COLLATE "C", s.series_id) > ({p(after[0])}, {p(after[1])})')
-    count = "NULL::int8"
-    join = ""
-    if rollup is not None:
-        count = "coalesce(c.n, 0)"
-        join = (
-            " CROSS JOIN LATERAL (SELECT sum(h.point_count)::int8 AS n"
-            f" FROM {ROLLUP_VIEW} h WHERE h.series_id = s.series_id"
-            f" AND h.bucket >= {p(rollup.live_start)}) c"
-        )
     sql = (
         "SELECT s.series_id, s.metric_name, s.prediction_id, s.user_id, s.tags, s.create_time,"
         " (SELECT m.time FROM metric_points m WHERE m.series_id = s.series_id"
         "  ORDER BY m.time LIMIT 1) AS first_time,"
         " (SELECT m.time FROM metric_points m WHERE m.series_id = s.series_id"
-        f"  ORDER BY m.time DESC LIMIT 1) AS last_time, {count} AS point_count"
-        f" FROM metric_series s{join}"
+        "  ORDER BY m.time DESC LIMIT 1) AS last_time"
+        " FROM metric_series s"
         + (" WHERE " + " AND ".join(where) if where else "")
         + ' ORDER BY s.metric_name COLLATE "C", s.series_id'
     )
     return sql, p.args
+
+
+# The rollup's point counts of a batch of series, in the hours of chunks still stored:
+# one statement per batch (a lateral sum per series cost 3x the whole listing).
+SELECT_ROLLUP_COUNTS = f"""
+SELECT series_id, sum(point_count)::int8 FROM {ROLLUP_VIEW}
+WHERE series_id = ANY($1::int4[]) AND bucket >= $2 GROUP BY 1
+"""
 
 
 def metric_names_query(
@@ -135,17 +147,19 @@ def metric_names_query(
             f" NULL::timestamptz FROM ({names}) n ORDER BY 1"
         )
         return sql, p.args
-    # the same filter again, on the series of one name
-    inner = ["s2.metric_name = n.metric_name", *_where(flt, p, "s2")]
+    # one pass over the rollup's rows of the matching series, grouped by name: a lateral
+    # sum per name re-read the whole rollup for each (20 names over 20,000 series: 2.1 s
+    # against 0.5 s)
+    where.append(f"h.bucket >= {p(rollup.live_start)}")
     sql = (
-        "SELECT n.metric_name, n.series_count, coalesce(r.n, 0), r.first_hour,"
+        f"WITH n AS ({names}), r AS ("
+        'SELECT s.metric_name COLLATE "C" AS metric_name, sum(h.point_count)::int8 AS n,'
+        " min(h.bucket) AS first_hour, max(h.bucket) AS last_hour"
+        f" FROM metric_series s JOIN {ROLLUP_VIEW} h ON h.series_id = s.series_id"
+        f" WHERE {' AND '.join(where)} GROUP BY 1)"
+        " SELECT n.metric_name, n.series_count, coalesce(r.n, 0), r.first_hour,"
         " r.last_hour + INTERVAL '1 hour'"
-        f" FROM ({names}) n CROSS JOIN LATERAL ("
-        " SELECT sum(h.point_count)::int8 AS n, min(h.bucket) AS first_hour,"
-        " max(h.bucket) AS last_hour"
-        f" FROM metric_series s2 JOIN {ROLLUP_VIEW} h ON h.series_id = s2.series_id"
-        f" WHERE {' AND '.join(inner)} AND h.bucket >= {p(rollup.live_start)}) r"
-        " ORDER BY 1"
+        " FROM n LEFT JOIN r USING (metric_name) ORDER BY 1"
     )
     return sql, p.args
 
@@ -165,22 +179,6 @@ class SeriesDiscoveryStore:
             watermark = micros_to_datetime(row[0])
         return RollupExtent(watermark, None if row is None else row[1])
 
-    async def _stream(
-        self, sql: str, args: list[Any], fetch_size: int
-    ) -> AsyncGenerator[list[Any], None]:
-        async with self.db.connection() as conn, conn.transaction(readonly=True):
-            cursor = await conn.cursor(sql, *args)
-            pending = asyncio.ensure_future(cursor.fetch(fetch_size))
-            try:
-                while rows := await pending:
-                    pending = asyncio.ensure_future(cursor.fetch(fetch_size))
-                    yield rows
-            finally:
-                if not pending.done():
-                    pending.cancel()  # asyncpg cancels the backend's query
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pending
-
     async def stream_series(
         self,
         flt: SeriesFilter,
@@ -188,10 +186,17 @@ class SeriesDiscoveryStore:
         rollup: RollupExtent | None,
         fetch_size: int,
     ) -> AsyncGenerator[list[SeriesStats], None]:
-        """Matching series in (metric name, series id) order, ``fetch_size`` per batch."""
-        sql, args = series_stats_query(flt, after, rollup)
-        async for rows in self._stream(sql, args, fetch_size):
-            yield [SeriesStats(*r) for r in rows]
+        """Matching series in (metric name, series id) order, ``fetch_size`` per batch,
+        through a server-side cursor in a read-only transaction."""
+        sql, args = series_stats_query(flt, after)
+        async with self.db.connection() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(sql, *args)
+            while rows := await cursor.fetch(fetch_size):
+                counts: dict[int, int] = {}
+                if rollup is not None:
+                    ids = [r[0] for r in rows]
+                    counts = dict(await conn.fetch(SELECT_ROLLUP_COUNTS, ids, rollup.live_start))
+                yield [_series(r, None if rollup is None else counts.get(r[0], 0)) for r in rows]
 
     async def stream_metric_names(
         self,
@@ -202,5 +207,7 @@ class SeriesDiscoveryStore:
     ) -> AsyncGenerator[list[MetricNameStats], None]:
         """Metric names with matching series, in code point order."""
         sql, args = metric_names_query(flt, after, rollup)
-        async for rows in self._stream(sql, args, fetch_size):
-            yield [MetricNameStats(*r) for r in rows]
+        async with self.db.connection() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(sql, *args)
+            while rows := await cursor.fetch(fetch_size):
+                yield [MetricNameStats(*r) for r in rows]
