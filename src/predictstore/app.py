@@ -23,6 +23,7 @@ from predictstore.domain.predictions import PredictionLimits
 from predictstore.embedded import EmbeddedPostgres, data_dir_lock
 from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
+from predictstore.storage.api_keys import ApiKeyStore, KeyRefresher
 from predictstore.storage.audit import AuditStore
 from predictstore.storage.database import Database, PoolSettings
 from predictstore.storage.feedback import FeedbackStore
@@ -31,6 +32,7 @@ from predictstore.storage.predictions import PredictionStore
 from predictstore.telemetry import configure_logging, configure_telemetry, watch_pool
 from predictstore.transport import reflection
 from predictstore.transport.admin import AdminServicer
+from predictstore.transport.admin_keys import ApiKeyHandlers
 from predictstore.transport.audit import AuditInterceptor
 from predictstore.transport.auth import AuthInterceptor
 from predictstore.transport.errors import ErrorInterceptor
@@ -46,6 +48,7 @@ from predictstore.transport.feedback import FeedbackServicer
 from predictstore.transport.health import HealthReporter
 from predictstore.transport.limits import StreamLimitInterceptor
 from predictstore.transport.metrics import MetricsServicer
+from predictstore.transport.metrics_discovery import SeriesDiscoveryHandlers
 from predictstore.transport.metrics_read import MetricsReadHandlers
 from predictstore.transport.metrics_write import MetricsWriteHandlers
 from predictstore.transport.otlp import (
@@ -130,6 +133,11 @@ async def start_server(
     check_exposure(settings, address, policy)
     credentials = server_credentials(settings)
     audit = AuditStore(db)
+    # database keys are in the ring before the first call: a restart never serves with
+    # auth off (they do not count for check_exposure, which settings alone must satisfy)
+    keys = ApiKeyStore(db)
+    key_refresher = KeyRefresher(keys, policy.keys, settings.api_keys_refresh_interval_s)
+    await key_refresher.refresh()
     server = grpc.aio.server(
         # outermost first: tracing, RPC latency, error mapping, who is calling, stream caps
         interceptors=[
@@ -173,7 +181,16 @@ async def start_server(
         use_rollup=settings.metrics_aggregate_use_rollup,
     )
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
-        MetricsServicer(metrics_writer, metrics_reader), server
+        MetricsServicer(
+            metrics_writer,
+            metrics_reader,
+            SeriesDiscoveryHandlers(
+                db,
+                frame_max_items=settings.frame_max_items,
+                frame_max_bytes=settings.frame_max_bytes,
+            ),
+        ),
+        server,
     )
     otlp = OtlpMetricsServicer(metrics_writer, OtlpOptions.from_settings(settings))
     add_otlp_servicer(otlp, server)
@@ -198,7 +215,14 @@ async def start_server(
     )
     maintenance = Maintenance(db, lifecycle_policy(settings))
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(AdminStore(db), maintenance, audit, settings), server
+        AdminServicer(
+            AdminStore(db),
+            maintenance,
+            audit,
+            settings,
+            ApiKeyHandlers(keys, policy, settings.frame_max_items, settings.frame_max_bytes),
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -227,6 +251,7 @@ async def start_server(
     if settings.maintenance_interval_s > 0:
         runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s, audit)
         running.tasks.append(asyncio.create_task(runner.run()))
+    running.tasks.append(asyncio.create_task(key_refresher.run()))
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)
     running.otlp = otlp

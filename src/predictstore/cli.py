@@ -15,9 +15,10 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from predictstore import __version__
+from predictstore import __version__, keys
 from predictstore.domain.auth import SCOPES, check_scopes, hash_key, new_key
 from predictstore.errors import PredictstoreError
+from predictstore.keys import add_server_flags
 from predictstore.settings import ENV_PREFIX, Settings
 from predictstore.startup import (
     describe_database_error,
@@ -106,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--client-key", type=Path, help="mTLS: its private key (PEM)")
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="make a new API key and its config entry")
+    create = key_commands.add_parser(
+        "create",
+        help="make a new API key: its settings entry, or with --store kept in the database",
+    )
     create.add_argument("--name", required=True, help="who the key is for, e.g. ingest-eu")
     create.add_argument(
         "--scope",
@@ -115,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
         dest="scopes",
         help="a scope to grant (repeat): " + ", ".join(sorted(SCOPES)),
     )
+    create.add_argument(
+        "--store",
+        action="store_true",
+        help="store it in the database through a running server (AdminService.CreateApiKey)",
+    )
+    listing = key_commands.add_parser("list", help="list the keys of a running server")
+    revoke = key_commands.add_parser("revoke", help="revoke a database key on a running server")
+    revoke.add_argument("name", help="the key's name")
+    for sub in (create, listing, revoke):
+        add_server_flags(sub)
     status = commands.add_parser(
         "status", help="storage mode, data location, schema revision, sizes and health"
     )
@@ -148,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.psql_args = argv[1:]
     else:
         args = _parser().parse_args(argv)
-    if args.command == "keys":
+    if args.command == "keys" and args.keys_command == "create" and not args.store:
         return _create_key(args.name, args.scopes)
     overrides = {"listen": args.listen} if getattr(args, "listen", None) else {}
     flags = {"listen": "--listen"} if overrides else {}
@@ -164,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "health":
         return _health(settings, args)
+    if args.command == "keys":
+        return keys.run(settings, args)
     from predictstore.operations import OperationRefused
 
     try:

@@ -49,6 +49,10 @@ class AlreadyExists(PredictstoreError):
     """A resource with that id exists with other content."""
 
 
+class FailedPrecondition(PredictstoreError):
+    """The request is valid but the system is not in a state that allows it."""
+
+
 class InvalidArgument(PredictstoreError):
     """The request is invalid."""
 

@@ -197,6 +197,13 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="A JSON file with more keys, in the same form as api_keys."
     )
+    api_keys_refresh_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a server re-reads the database's API keys: a created or "
+        "revoked key takes effect on every server within this (within 3x it at most: a "
+        "server that cannot re-read them refuses database keys after that).",
+    )
     tls_cert_file: Path | None = Field(
         default=None, description="PEM server certificate (chain); with tls_key_file turns TLS on."
     )
@@ -338,6 +345,8 @@ class Settings(BaseSettings):
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_PREFIX = "PREDICTSTORE_"
+# Variables the CLI reads as a client, not settings of the server.
+CLIENT_VARIABLES = frozenset({"PREDICTSTORE_API_KEY"})
 
 
 def check_host_port(value: str) -> str:
@@ -360,6 +369,8 @@ def unknown_settings(names: Mapping[str, object] | list[str], *, prefixed_only: 
     for name in names:
         upper = name.upper()
         bare = upper.removeprefix(ENV_PREFIX)
+        if upper in CLIENT_VARIABLES:
+            continue
         if (upper.startswith(ENV_PREFIX) and bare in fields) or (
             prefixed_only and not upper.startswith(ENV_PREFIX)
         ):

@@ -24,6 +24,12 @@ class TableKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TABLE_KIND_PARTITIONED: _ClassVar[TableKind]
     TABLE_KIND_HYPERTABLE: _ClassVar[TableKind]
     TABLE_KIND_CONTINUOUS_AGGREGATE: _ClassVar[TableKind]
+
+class ApiKeySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    API_KEY_SOURCE_UNSPECIFIED: _ClassVar[ApiKeySource]
+    API_KEY_SOURCE_SETTINGS: _ClassVar[ApiKeySource]
+    API_KEY_SOURCE_DATABASE: _ClassVar[ApiKeySource]
 STORAGE_MODE_UNSPECIFIED: StorageMode
 STORAGE_MODE_TIMESCALEDB: StorageMode
 STORAGE_MODE_POSTGRESQL: StorageMode
@@ -32,6 +38,9 @@ TABLE_KIND_TABLE: TableKind
 TABLE_KIND_PARTITIONED: TableKind
 TABLE_KIND_HYPERTABLE: TableKind
 TABLE_KIND_CONTINUOUS_AGGREGATE: TableKind
+API_KEY_SOURCE_UNSPECIFIED: ApiKeySource
+API_KEY_SOURCE_SETTINGS: ApiKeySource
+API_KEY_SOURCE_DATABASE: ApiKeySource
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_receive_message_bytes", "max_send_message_bytes", "frame_max_items", "frame_max_bytes", "max_id_length", "max_payload_bytes", "max_rejections_reported", "metrics_query_max_points", "metrics_query_max_series", "metrics_aggregate_max_buckets", "metrics_frame_max_points", "metrics_max_series_per_metric", "metrics_max_metric_name_length", "metrics_max_tags", "metrics_max_tag_key_length", "metrics_max_tag_value_length", "metrics_max_point_age", "metrics_max_point_future", "max_comment_length", "max_flag_reason_length", "max_stream_messages", "max_streams_per_caller", "max_metadata_bytes")
@@ -252,3 +261,61 @@ class ListAuditEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
     resume_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class ApiKey(_message.Message):
+    __slots__ = ("key_name", "scopes", "source", "create_time", "revoke_time", "creator")
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    source: ApiKeySource
+    create_time: _timestamp_pb2.Timestamp
+    revoke_time: _timestamp_pb2.Timestamp
+    creator: str
+    def __init__(self, key_name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[ApiKeySource, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., creator: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("key_name", "scopes")
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("api_key", "secret")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    api_key: ApiKey
+    secret: str
+    def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ("resume_token",)
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    resume_token: str
+    def __init__(self, resume_token: _Optional[str] = ...) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("api_keys", "resume_token")
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    api_keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
+    resume_token: str
+    def __init__(self, api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("key_name",)
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    def __init__(self, key_name: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ("api_key",)
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    api_key: ApiKey
+    def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...

@@ -258,3 +258,86 @@ class AggregateMetricsResponse(_message.Message):
     buckets: _containers.RepeatedCompositeFieldContainer[AggregateBucket]
     resume_token: str
     def __init__(self, buckets: _Optional[_Iterable[_Union[AggregateBucket, _Mapping]]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class SeriesFilter(_message.Message):
+    __slots__ = ("metric_names", "prediction_ids", "user_ids", "tags")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METRIC_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    metric_names: _containers.RepeatedScalarFieldContainer[str]
+    prediction_ids: _containers.RepeatedScalarFieldContainer[str]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    tags: _containers.ScalarMap[str, str]
+    def __init__(self, metric_names: _Optional[_Iterable[str]] = ..., prediction_ids: _Optional[_Iterable[str]] = ..., user_ids: _Optional[_Iterable[str]] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListMetricNamesRequest(_message.Message):
+    __slots__ = ("filter", "resume_token")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    filter: SeriesFilter
+    resume_token: str
+    def __init__(self, filter: _Optional[_Union[SeriesFilter, _Mapping]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class MetricNameInfo(_message.Message):
+    __slots__ = ("metric_name", "series_count", "point_count", "first_time", "last_time")
+    METRIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIES_COUNT_FIELD_NUMBER: _ClassVar[int]
+    POINT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIME_FIELD_NUMBER: _ClassVar[int]
+    metric_name: str
+    series_count: int
+    point_count: int
+    first_time: _timestamp_pb2.Timestamp
+    last_time: _timestamp_pb2.Timestamp
+    def __init__(self, metric_name: _Optional[str] = ..., series_count: _Optional[int] = ..., point_count: _Optional[int] = ..., first_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListMetricNamesResponse(_message.Message):
+    __slots__ = ("metrics", "resume_token", "rollup_through_time")
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_THROUGH_TIME_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricNameInfo]
+    resume_token: str
+    rollup_through_time: _timestamp_pb2.Timestamp
+    def __init__(self, metrics: _Optional[_Iterable[_Union[MetricNameInfo, _Mapping]]] = ..., resume_token: _Optional[str] = ..., rollup_through_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSeriesRequest(_message.Message):
+    __slots__ = ("filter", "resume_token")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    filter: SeriesFilter
+    resume_token: str
+    def __init__(self, filter: _Optional[_Union[SeriesFilter, _Mapping]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class SeriesInfo(_message.Message):
+    __slots__ = ("series", "create_time", "first_time", "last_time", "point_count")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIME_FIELD_NUMBER: _ClassVar[int]
+    POINT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    series: SeriesKey
+    create_time: _timestamp_pb2.Timestamp
+    first_time: _timestamp_pb2.Timestamp
+    last_time: _timestamp_pb2.Timestamp
+    point_count: int
+    def __init__(self, series: _Optional[_Union[SeriesKey, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., point_count: _Optional[int] = ...) -> None: ...
+
+class ListSeriesResponse(_message.Message):
+    __slots__ = ("series", "resume_token", "rollup_through_time")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_THROUGH_TIME_FIELD_NUMBER: _ClassVar[int]
+    series: _containers.RepeatedCompositeFieldContainer[SeriesInfo]
+    resume_token: str
+    rollup_through_time: _timestamp_pb2.Timestamp
+    def __init__(self, series: _Optional[_Iterable[_Union[SeriesInfo, _Mapping]]] = ..., resume_token: _Optional[str] = ..., rollup_through_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,16 @@ class MetricsServiceStub:
                 request_serializer=predictstore_dot_v1_dot_metrics__service__pb2.AggregateMetricsRequest.SerializeToString,
                 response_deserializer=predictstore_dot_v1_dot_metrics__service__pb2.AggregateMetricsResponse.FromString,
                 _registered_method=True)
+        self.ListMetricNames = channel.unary_stream(
+                '/predictstore.v1.MetricsService/ListMetricNames',
+                request_serializer=predictstore_dot_v1_dot_metrics__service__pb2.ListMetricNamesRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_metrics__service__pb2.ListMetricNamesResponse.FromString,
+                _registered_method=True)
+        self.ListSeries = channel.unary_stream(
+                '/predictstore.v1.MetricsService/ListSeries',
+                request_serializer=predictstore_dot_v1_dot_metrics__service__pb2.ListSeriesRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_metrics__service__pb2.ListSeriesResponse.FromString,
+                _registered_method=True)
 
 
 class MetricsServiceServicer:
@@ -91,6 +101,23 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMetricNames(self, request, context):
+        """Streams the metric names that have series matching a filter, in name order, with
+        their series counts and, in TimescaleDB mode, point counts and times from the
+        hourly rollup (see MetricNameInfo for what is exact).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSeries(self, request, context):
+        """Streams the series matching a filter, ordered by metric name, then by when each was
+        first written, with the times of their first and last stored points.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +140,16 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.AggregateMetrics,
                     request_deserializer=predictstore_dot_v1_dot_metrics__service__pb2.AggregateMetricsRequest.FromString,
                     response_serializer=predictstore_dot_v1_dot_metrics__service__pb2.AggregateMetricsResponse.SerializeToString,
+            ),
+            'ListMetricNames': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListMetricNames,
+                    request_deserializer=predictstore_dot_v1_dot_metrics__service__pb2.ListMetricNamesRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_metrics__service__pb2.ListMetricNamesResponse.SerializeToString,
+            ),
+            'ListSeries': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListSeries,
+                    request_deserializer=predictstore_dot_v1_dot_metrics__service__pb2.ListSeriesRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_metrics__service__pb2.ListSeriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +261,60 @@ class MetricsService:
             '/predictstore.v1.MetricsService/AggregateMetrics',
             predictstore_dot_v1_dot_metrics__service__pb2.AggregateMetricsRequest.SerializeToString,
             predictstore_dot_v1_dot_metrics__service__pb2.AggregateMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMetricNames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/predictstore.v1.MetricsService/ListMetricNames',
+            predictstore_dot_v1_dot_metrics__service__pb2.ListMetricNamesRequest.SerializeToString,
+            predictstore_dot_v1_dot_metrics__service__pb2.ListMetricNamesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/predictstore.v1.MetricsService/ListSeries',
+            predictstore_dot_v1_dot_metrics__service__pb2.ListSeriesRequest.SerializeToString,
+            predictstore_dot_v1_dot_metrics__service__pb2.ListSeriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

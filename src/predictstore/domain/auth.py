@@ -8,10 +8,16 @@ is safe to store; there is nothing to brute-force), with a name and a set of sco
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import secrets
+import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+from predictstore.domain.validation import check_id
+from predictstore.errors import FieldViolation, InvalidArgument, Unavailable
 
 SCOPES = frozenset(
     {
@@ -77,18 +83,76 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
 
 
 class KeyRing:
-    """The configured keys, looked up by digest."""
+    """The keys of the settings and of the database, looked up by digest.
 
-    def __init__(self, keys: Iterable[ApiKey]) -> None:
+    Settings keys are fixed for the life of the process. Database keys are replaced by
+    each reload (:meth:`load_stored`); one is trusted only while the snapshot that holds
+    it is at most ``stale_after_s`` old, so a revocation takes effect within that bound
+    even when reloads fail: a key seen only in an older snapshot is Unavailable.
+    """
+
+    def __init__(self, keys: Iterable[ApiKey], *, stale_after_s: float = 15.0) -> None:
         self._by_hash: dict[str, ApiKey] = {}
         for key in keys:
             if not key.key_hash.startswith(HASH_PREFIX):
                 raise ValueError(f"key {key.name!r}: key_hash must start with {HASH_PREFIX!r}")
             self._by_hash[key.key_hash] = key
+        self.configured = sorted(self._by_hash.values(), key=lambda k: k.name)
+        self.configured_names = frozenset(k.name for k in self.configured)
+        self.stale_after_s = stale_after_s
+        self._stored: dict[str, ApiKey] = {}
+        self._stored_at = -math.inf
+        self._any_stored = False
 
     def __bool__(self) -> bool:
-        return bool(self._by_hash)
+        """Auth is on: a key is configured, or one was ever stored in the database (a
+        revoked key does not turn it off again)."""
+        return bool(self._by_hash) or self._any_stored
+
+    def load_stored(self, keys: Iterable[ApiKey], *, any_stored: bool, read_at: float) -> None:
+        """Replace the database keys with a snapshot read at ``read_at`` (monotonic s,
+        taken before the read began)."""
+        self._stored = {k.key_hash: k for k in keys}
+        self._stored_at = read_at
+        self._any_stored = self._any_stored or any_stored
 
     def verify(self, presented: str) -> ApiKey | None:
         """The key matching ``presented``, or None. Compares digests, not secrets."""
-        return self._by_hash.get(hash_key(presented))
+        digest = hash_key(presented)
+        key = self._by_hash.get(digest)
+        if key is not None:
+            return key
+        key = self._stored.get(digest)
+        if key is not None and time.monotonic() - self._stored_at > self.stale_after_s:
+            raise Unavailable(
+                "cannot confirm this API key: the key list could not be re-read from the "
+                "database lately; retry"
+            )
+        return key
+
+
+KEY_NAME_LIMIT = 128
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.:@/-]+")
+
+
+def check_new_key(name: str, scopes: Iterable[str]) -> frozenset[str]:
+    """The scopes of a key to create; InvalidArgument for a bad name or scopes."""
+    violations = check_id("key_name", name, KEY_NAME_LIMIT)
+    if not violations and not _KEY_NAME.fullmatch(name):
+        violations.append(
+            FieldViolation("key_name", "may hold only letters, digits and _ . : @ / -")
+        )
+    scopes = list(scopes)
+    granted = frozenset(scopes)
+    if not scopes:
+        violations.append(FieldViolation("scopes", "must name at least one scope"))
+    for i, scope in enumerate(scopes):
+        if scope not in SCOPES:
+            violations.append(
+                FieldViolation(
+                    f"scopes[{i}]", f"is not a scope; known: {', '.join(sorted(SCOPES))}"
+                )
+            )
+    if violations:
+        raise InvalidArgument(violations)
+    return granted

@@ -15,6 +15,7 @@ from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.maintenance import Maintenance
+from predictstore.transport.admin_keys import ApiKeyHandlers
 from predictstore.transport.convert import optional_datetime, to_timestamp
 from predictstore.transport.frames import framed
 from predictstore.v1 import admin_service_pb2 as pb
@@ -93,7 +94,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         maintenance: Maintenance,
         audit: AuditStore,
         settings: Settings,
+        keys: ApiKeyHandlers,
     ) -> None:
+        self.keys = keys
         self.store = store
         self.maintenance = maintenance
         self.audit = audit
@@ -197,6 +200,21 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             self.frame_max_bytes,
         ):
             yield response
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateApiKeyResponse:
+        return await self.keys.create(request, context)
+
+    def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListApiKeysResponse]:
+        return self.keys.list(request, context)
+
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeApiKeyResponse:
+        return await self.keys.revoke(request, context)
 
 
 def _audit_event(e: AuditEvent) -> pb.AuditEvent:

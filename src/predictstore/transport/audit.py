@@ -25,7 +25,11 @@ from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewra
 
 log = logging.getLogger(__name__)
 
-AUDITED_ADMIN_METHODS = ("/predictstore.v1.AdminService/RunMaintenance",)
+AUDITED_ADMIN_METHODS = (
+    "/predictstore.v1.AdminService/RunMaintenance",
+    "/predictstore.v1.AdminService/CreateApiKey",
+    "/predictstore.v1.AdminService/RevokeApiKey",
+)
 
 
 def is_mutation(method: str) -> bool:
@@ -39,6 +43,8 @@ def _resource(*messages: Any) -> str:
         if not isinstance(message, Message):
             continue
         names = {f.name for f, _ in message.ListFields()}
+        if "key_name" in names:  # never the secret: only the name is recorded
+            return f"api_keys/{message.key_name}"  # type: ignore[attr-defined]
         if "insight_id" in names and "user_id" in names:
             return f"feedback/{message.insight_id}/{message.user_id}"  # type: ignore[attr-defined]
         if "prediction" in names and message.prediction.prediction_id:  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from predictstore.errors import (
     ECHO_LIMIT,
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -45,6 +46,11 @@ MAX_VIOLATION_BYTES = 3000
 _CODES: dict[type[PredictstoreError], tuple[grpc.StatusCode, int, str]] = {
     NotFound: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND, "NOT_FOUND"),
     AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, "ALREADY_EXISTS"),
+    FailedPrecondition: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        code_pb2.FAILED_PRECONDITION,
+        "FAILED_PRECONDITION",
+    ),
     InvalidArgument: (
         grpc.StatusCode.INVALID_ARGUMENT,
         code_pb2.INVALID_ARGUMENT,

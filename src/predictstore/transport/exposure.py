@@ -33,7 +33,7 @@ def key_ring(settings: Settings) -> KeyRing:
             raise ConfigurationError(
                 f"cannot read API keys from {settings.api_keys_file}: {exc}"
             ) from exc
-    return KeyRing(_keys(entries))
+    return KeyRing(_keys(entries), stale_after_s=3 * settings.api_keys_refresh_interval_s)
 
 
 def auth_policy(settings: Settings) -> AuthPolicy:

@@ -63,3 +63,20 @@ async def framed(
             yield frame(items)
     if items := builder.flush():
         yield frame(items)
+
+
+async def keyed_frames(
+    batches: AsyncIterator[list[tuple[T, M]]], max_items: int, max_bytes: int
+) -> AsyncIterator[tuple[list[M], T]]:
+    """Bounded frames of (position, item) batches, each with the position of its last
+    item, from which a resume token is made."""
+    builder: FrameBuilder[M] = FrameBuilder(max_items, max_bytes)
+    positions: dict[int, T] = {}  # the positions of the items not yet in a frame
+    async for batch in batches:
+        positions.update((id(item), position) for position, item in batch)
+        for items in builder.add(item for _, item in batch):
+            yield items, positions[id(items[-1])]
+            for item in items:
+                del positions[id(item)]
+    if items := builder.flush():
+        yield items, positions[id(items[-1])]

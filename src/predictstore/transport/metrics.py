@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from predictstore.transport.metrics_discovery import SeriesDiscoveryHandlers
 from predictstore.transport.metrics_read import MetricsReadHandlers
 from predictstore.transport.metrics_write import MetricsWriteHandlers
 from predictstore.v1 import metrics_service_pb2 as pb
@@ -14,9 +15,15 @@ from predictstore.v1 import metrics_service_pb2_grpc
 
 
 class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, writer: MetricsWriteHandlers, reader: MetricsReadHandlers) -> None:
+    def __init__(
+        self,
+        writer: MetricsWriteHandlers,
+        reader: MetricsReadHandlers,
+        discovery: SeriesDiscoveryHandlers,
+    ) -> None:
         self.writer = writer
         self.reader = reader
+        self.discovery = discovery
 
     async def WriteMetrics(
         self,
@@ -41,3 +48,13 @@ class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         self, request: pb.AggregateMetricsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AggregateMetricsResponse]:
         return self.reader.aggregate_metrics(request, context)
+
+    def ListMetricNames(
+        self, request: pb.ListMetricNamesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListMetricNamesResponse]:
+        return self.discovery.list_metric_names(request, context)
+
+    def ListSeries(
+        self, request: pb.ListSeriesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListSeriesResponse]:
+        return self.discovery.list_series(request, context)
