@@ -8,8 +8,9 @@ created or corrected, feedback on a prediction) inserts its marks with ON CONFLI
 NOTHING; the refresher recomputes marked cells and deletes their marks, and a read takes
 marked cells from the raw rows, so evaluations stay exact whatever the refresher's lag.
 
-Marks are inserted in key order, so two writers marking overlapping cells wait on each
-other in one order and never deadlock.
+Marks are inserted in key order (byte order: any fixed order does, and it sorts fastest),
+so two writers marking overlapping cells wait on each other in one order and never
+deadlock.
 
 Most writers wrap their own statement (a data-modifying CTE): the mark costs no round
 trip and cannot be committed without the write, nor the write without the mark.
@@ -27,7 +28,7 @@ def insert_marks(source: str) -> str:
     columns model_name, model_version, create_time and target_time."""
     return f"""
 INSERT INTO evaluation_dirty (model_name, model_version, basis, hour)
-SELECT DISTINCT p.model_name, p.model_version, c.basis, c.hour
+SELECT DISTINCT p.model_name COLLATE "C", p.model_version COLLATE "C", c.basis, c.hour
 FROM ({source}) AS p
 CROSS JOIN LATERAL (
     VALUES (1::smallint, date_trunc('hour', p.create_time, 'UTC')),
@@ -67,7 +68,9 @@ def marking_staged(write: str, staging: str) -> str:
     is the transaction's now(), as the INSERT sets it. The result is ``write``'s own."""
     source = (
         "SELECT s.model_name, s.model_version, now() AS create_time, s.target_time "
-        f"FROM {staging} AS s JOIN written AS w USING (prediction_id)"
+        f"FROM {staging} AS s JOIN written AS w "
+        # byte order: equality is the same, and sorting for a merge join is cheaper
+        'ON s.prediction_id COLLATE "C" = w.prediction_id COLLATE "C"'
     )
     return f"""
 WITH written AS ({write}), marked AS ({insert_marks(source)})
