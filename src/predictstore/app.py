@@ -301,6 +301,7 @@ def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
         feedback_retention_days=settings.feedback_retention_days,
         prediction_retention_days=settings.prediction_retention_days,
         batch_dedupe_horizon_s=settings.metrics_batch_dedupe_horizon_s,
+        unmatched_outcome_horizon_s=settings.evaluation_unmatched_outcome_horizon_s,
         partitions_ahead_days=settings.partitions_ahead_days,
         batch_rows=settings.retention_batch_rows,
         max_batches=settings.retention_max_batches,

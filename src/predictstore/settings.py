@@ -247,6 +247,15 @@ class Settings(BaseSettings):
         default=3, ge=1, description="ListFlaggedInsights' min_flags when a request leaves it 0."
     )
 
+    # evaluation: outcomes (write path)
+    evaluation_unmatched_outcome_horizon_s: float = Field(
+        default=30 * 86_400,
+        ge=0,
+        description="How long an outcome whose prediction is not stored waits for it; "
+        "maintenance deletes outcomes older than this that have no prediction (also those "
+        "whose prediction retention removed). 0 keeps them forever.",
+    )
+
     # admin & maintenance
     metrics_retention_days: int = Field(
         default=30, ge=0, description="Metric points older than this are dropped; 0 keeps them."

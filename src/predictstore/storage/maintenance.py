@@ -105,10 +105,24 @@ DELETE FROM metric_batches
 WHERE ctid = ANY (ARRAY(SELECT ctid FROM metric_batches WHERE commit_time < $1 LIMIT $2))
 """
 
+# Deletes one batch of outcomes recorded before $1 that have no stored prediction: ones
+# whose prediction never arrived, and ones whose prediction retention removed (after
+# predictions, so that those go in the same run).
+DELETE_OLD_UNMATCHED_OUTCOMES = """
+DELETE FROM outcomes
+WHERE ctid = ANY (ARRAY(
+    SELECT o.ctid FROM outcomes AS o
+    WHERE o.record_time < $1
+      AND NOT EXISTS (SELECT FROM predictions AS p WHERE p.prediction_id = o.prediction_id)
+    LIMIT $2
+))
+"""
+
 _ROW_RETENTION = (
     ("feedback", DELETE_OLD_FEEDBACK),
     ("predictions", DELETE_OLD_PREDICTIONS),
     ("metric_batches", DELETE_OLD_METRIC_BATCHES),
+    ("outcomes", DELETE_OLD_UNMATCHED_OUTCOMES),
 )
 
 # TimescaleDB policies: (policy, job proc_name, config key, remove, add)
@@ -134,6 +148,8 @@ class LifecyclePolicy:
     prediction_retention_days: int = 365
     # batch ids younger than this are replayed, not stored again: the dedupe horizon
     batch_dedupe_horizon_s: float = 7 * 86400
+    # outcomes with no stored prediction wait this long for it, then are deleted
+    unmatched_outcome_horizon_s: float = 30 * 86400
     partitions_ahead_days: int = 7
     batch_rows: int = 5000
     max_batches: int = 200
@@ -278,6 +294,9 @@ class Maintenance:
             return _days(self.policy.feedback_retention_days)
         if table == "predictions":
             return _days(self.policy.prediction_retention_days)
+        if table == "outcomes":
+            horizon = self.policy.unmatched_outcome_horizon_s
+            return timedelta(seconds=horizon) if horizon > 0 else None
         horizon = self.policy.batch_dedupe_horizon_s
         return timedelta(seconds=horizon) if horizon > 0 else None
 
