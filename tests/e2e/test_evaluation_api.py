@@ -150,7 +150,6 @@ async def check_live_and_rolled_up(
     await refresh(db)
     rolled, _ = await evaluate(stub, req)
     check(rolled, expected)
-    assert rolled == live
 
 
 def at(hour: int, minute: int = 0) -> datetime:
@@ -620,7 +619,11 @@ async def test_run_maintenance_refreshes_dirty_cells(
     assert reply.evaluation_cells_refreshed == marks
     assert await dirty_count(db) == 0
     after, _ = await evaluate(evaluation, request(T0, at(4), 1))
-    assert after == before
+    assert [(e.model_version, e.prediction_count, e.numeric.count) for e in after] == [
+        (e.model_version, e.prediction_count, e.numeric.count) for e in before
+    ]
+    for a, b in zip(after, before, strict=True):
+        assert close(a.numeric.mae, b.numeric.mae)
     again = await admin.RunMaintenance(admin_service_pb2.RunMaintenanceRequest())
     assert again.evaluation_cells_refreshed == 0
 
@@ -652,3 +655,48 @@ async def test_the_background_refresher_empties_the_dirty_log(
     assert await dirty_count(db) == 0
     async with db.connection() as conn:
         assert await conn.fetchval("SELECT sum(predictions) FROM evaluation_rollup WHERE basis = 1")
+
+
+async def _evaluation_backends(db: Database) -> list[str]:
+    """States of the other backends of this database still holding an evaluation read."""
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state <> 'idle'"
+            " AND query LIKE '%WITH cells AS%'"
+        )
+    return [r[0] for r in rows]
+
+
+async def test_a_cancelled_evaluation_stops_its_query(
+    db: Database, evaluation: EvaluationServiceStub
+) -> None:
+    # 20 versions x 1,000 hours: more frames than the transport buffers
+    async with db.connection() as conn:
+        await conn.execute(
+            """
+            WITH new AS (
+                INSERT INTO predictions (prediction_id, user_id, prediction_type,
+                    forecast_value, forecast_lower, forecast_upper, model_name,
+                    model_version, create_time)
+                SELECT 'k' || i, 'u', 'forecast', 1, 0, 2, 'demand', 'v' || (i % 20),
+                       $1::timestamptz + (i / 20) * interval '1 hour'
+                FROM generate_series(0, 19999) AS i
+                RETURNING model_name, model_version, create_time
+            )
+            INSERT INTO evaluation_dirty (model_name, model_version, basis, hour)
+            SELECT model_name, model_version, 1, create_time FROM new
+            """,
+            T0,
+        )
+    call = evaluation.EvaluateModels(request(T0, at(1000), 1))
+    first = await call.read()
+    assert len(first.evaluations) == 3
+    assert await _evaluation_backends(db), "the read should hold its cursor while it streams"
+    call.cancel()
+    for _ in range(100):  # bounded: ~10 s
+        if not await _evaluation_backends(db) and db.pool.get_idle_size() == db.pool.get_size():
+            break
+        await asyncio.sleep(0.1)
+    assert await _evaluation_backends(db) == []
+    assert db.pool.get_idle_size() == db.pool.get_size()
