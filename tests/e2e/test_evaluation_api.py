@@ -6,6 +6,7 @@ bucket widths; frames, resume tokens and limits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from predictstore.v1 import admin_service_pb2, admin_service_pb2_grpc
 from predictstore.v1 import evaluation_service_pb2 as pb
 from predictstore.v1.evaluation_service_pb2_grpc import EvaluationServiceStub
 from tests import evaluation_reference as ref
+from tests.e2e.test_readme import json_messages
+from tests.e2e.test_server import run_grpcurl
 from tests.evaluation_data import P, add_feedback, dirty_count, record_outcome, store_predictions
 from tests.helpers import field_violations
 
@@ -700,3 +703,34 @@ async def test_a_cancelled_evaluation_stops_its_query(
         await asyncio.sleep(0.1)
     assert await _evaluation_backends(db) == []
     assert db.pool.get_idle_size() == db.pool.get_size()
+
+
+async def test_grpcurl_evaluate_models(db: Database, server: RunningServer) -> None:
+    """EvaluateModels in JSON through grpcurl (server reflection), as the README shows."""
+    preds, outcomes = numeric_fixture()
+    await load(db, preds, outcomes)
+    body = json.dumps(
+        {
+            "model_name": "demand",
+            "start_time": "2026-01-05T00:00:00Z",
+            "end_time": "2026-01-05T04:00:00Z",
+            "bucket_width": "7200s",
+            "prediction_type": "forecast",
+        }
+    )
+    result = await asyncio.to_thread(
+        run_grpcurl, server.port, "predictstore.v1.EvaluationService/EvaluateModels", body
+    )
+    assert result.returncode == 0, result.stderr
+    evaluations = [e for m in json_messages(result.stdout) for e in m["evaluations"]]
+    expected = ref.evaluate(
+        preds, outcomes, [], start=T0, end=at(4), width=2 * HOUR, prediction_type="forecast"
+    )
+    assert [(e["model_version"], e["bucket_start_time"]) for e in evaluations] == [
+        (v, t.strftime("%Y-%m-%dT%H:%M:%SZ")) for v, t in expected
+    ]
+    for e, want in zip(evaluations, expected.values(), strict=True):
+        assert int(e["prediction_count"]) == want["prediction_count"]
+        assert int(e["numeric"]["count"]) == want["numeric"]["count"]
+        assert close(e["numeric"]["mae"], want["numeric"]["mae"])
+        assert close(e["numeric"]["rmse"], want["numeric"]["rmse"])
