@@ -734,3 +734,16 @@ async def test_grpcurl_evaluate_models(db: Database, server: RunningServer) -> N
         assert int(e["numeric"]["count"]) == want["numeric"]["count"]
         assert close(e["numeric"]["mae"], want["numeric"]["mae"])
         assert close(e["numeric"]["rmse"], want["numeric"]["rmse"])
+
+
+async def test_wide_buckets_at_the_end_of_time(
+    db: Database, evaluation: EvaluationServiceStub
+) -> None:
+    end_of_time = datetime(9999, 12, 31, 23, tzinfo=UTC)
+    late = P("eot", end_of_time - timedelta(minutes=30), value=1.0, lower=0.0, upper=2.0)
+    await load(db, [late], {"eot": 1.5})
+    req = request(end_of_time - 2 * HOUR, end_of_time, 24 * 365 * 1000)
+    got, frames = await evaluate(evaluation, req)
+    assert [e.bucket_end_time.ToDatetime(tzinfo=UTC) for e in got] == [end_of_time]
+    req.resume_token = frames[-1].resume_token
+    assert (await evaluate(evaluation, req))[0] == []

@@ -55,6 +55,12 @@ def _from_micros(value: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
 
 
+def _bucket_end(start: datetime, width: timedelta, end: datetime) -> datetime:
+    """The end of the bucket starting at ``start``: ``end`` caps it (and keeps a wide
+    bucket near year 9999 from overflowing)."""
+    return end if width >= end - start else start + width
+
+
 def _hour_range(
     message: Any, prefix: str, violations: list[FieldViolation]
 ) -> tuple[datetime, datetime] | None:
@@ -239,12 +245,18 @@ class EvaluationReadHandlers:
         )  # fmt: skip
         if request.resume_token:
             version, start_us = resume.decode_key(request.resume_token, fingerprint, str, int)
-            q = replace(q, after=(version, _from_micros(start_us) + q.width))
+            try:
+                last = _from_micros(start_us)
+            except OverflowError as exc:
+                raise InvalidArgument(
+                    [FieldViolation("resume_token", "is not a valid resume token")]
+                ) from exc
+            q = replace(q, after=(version, _bucket_end(last, q.width, q.end)))
         end = q.end
         width = q.width
 
         def to_proto(b: BucketSums) -> pb.ModelEvaluation:
-            return evaluation_to_proto(b, min(b.bucket_start + width, end))
+            return evaluation_to_proto(b, _bucket_end(b.bucket_start, width, end))
 
         def frame(items: list[pb.ModelEvaluation]) -> pb.EvaluateModelsResponse:
             last = items[-1]
