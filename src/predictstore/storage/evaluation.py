@@ -52,30 +52,32 @@ _SMAPE = "abs(t.fv) + abs(t.a) > 0"
 # The cell aggregator: CTEs agg_main, agg_labels and agg_bins (one row per cell and
 # prediction type, per label, per bin) over the cells of a CTE named `cells`
 # (model_name, model_version, basis, hour) that the statement defines before it. A
-# cell's predictions are found by a range on create_time or target_time, so the indexes
-# (model_name, create_time) and (model_name, model_version, target_time) serve it, on a
-# plain or a partitioned predictions table alike. The definitions are those of
+# cell's predictions are found by a range on create_time or target_time, one cell at a
+# time (LATERAL: the planner cannot turn it into a hash join on model name and version
+# that filters every prediction against every cell), so the indexes (model_name,
+# create_time) and (model_name, model_version, target_time) serve it, on a plain or a
+# partitioned predictions table alike. The definitions are those of
 # notes/evaluation-design.md: error = forecast - observed; predicted label = the most
 # probable, ties to the smallest label in byte order; log loss clipped at 1e-15.
 AGGREGATOR = f"""
 ev_rows AS (
-    SELECT c.model_name, c.model_version, c.basis, c.hour, p.prediction_id,
-           p.prediction_type, p.create_time, p.forecast_value, p.forecast_lower,
-           p.forecast_upper, p.payload
+    SELECT c.model_name, c.model_version, c.basis, c.hour, p.*
     FROM cells c
-    JOIN predictions p
-      ON p.model_name = c.model_name AND p.model_version = c.model_version
-     AND p.create_time >= c.hour AND p.create_time < c.hour + interval '1 hour'
-    WHERE c.basis = 1
-    UNION ALL
-    SELECT c.model_name, c.model_version, c.basis, c.hour, p.prediction_id,
-           p.prediction_type, p.create_time, p.forecast_value, p.forecast_lower,
-           p.forecast_upper, p.payload
-    FROM cells c
-    JOIN predictions p
-      ON p.model_name = c.model_name AND p.model_version = c.model_version
-     AND p.target_time >= c.hour AND p.target_time < c.hour + interval '1 hour'
-    WHERE c.basis = 2
+    CROSS JOIN LATERAL (
+        SELECT p.prediction_id, p.prediction_type, p.create_time, p.forecast_value,
+               p.forecast_lower, p.forecast_upper, p.payload
+        FROM predictions p
+        WHERE c.basis = 1 AND p.model_name = c.model_name
+          AND p.model_version = c.model_version
+          AND p.create_time >= c.hour AND p.create_time < c.hour + interval '1 hour'
+        UNION ALL
+        SELECT p.prediction_id, p.prediction_type, p.create_time, p.forecast_value,
+               p.forecast_lower, p.forecast_upper, p.payload
+        FROM predictions p
+        WHERE c.basis = 2 AND p.model_name = c.model_name
+          AND p.model_version = c.model_version
+          AND p.target_time >= c.hour AND p.target_time < c.hour + interval '1 hour'
+    ) p
 ),
 ev_terms AS (
     SELECT r.model_name, r.model_version, r.basis, r.hour, r.prediction_type, r.create_time,
