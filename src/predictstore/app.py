@@ -26,6 +26,7 @@ from predictstore.storage.admin import AdminStore
 from predictstore.storage.api_keys import ApiKeyStore, KeyRefresher
 from predictstore.storage.audit import AuditStore
 from predictstore.storage.database import Database, PoolSettings
+from predictstore.storage.evaluation import EvaluationRefresher, EvaluationStore
 from predictstore.storage.feedback import FeedbackStore
 from predictstore.storage.maintenance import LifecyclePolicy, Maintenance, MaintenanceRunner
 from predictstore.storage.predictions import PredictionStore
@@ -213,7 +214,11 @@ async def start_server(
         ),
         server,
     )
-    maintenance = Maintenance(db, lifecycle_policy(settings))
+    maintenance = Maintenance(
+        db,
+        lifecycle_policy(settings),
+        evaluation_batch_cells=settings.evaluation_refresh_batch_cells,
+    )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
             AdminStore(db),
@@ -252,6 +257,13 @@ async def start_server(
         runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s, audit)
         running.tasks.append(asyncio.create_task(runner.run()))
     running.tasks.append(asyncio.create_task(key_refresher.run()))
+    if settings.evaluation_refresh_interval_s > 0:
+        refresher = EvaluationRefresher(
+            EvaluationStore(db),
+            settings.evaluation_refresh_interval_s,
+            settings.evaluation_refresh_batch_cells,
+        )
+        running.tasks.append(asyncio.create_task(refresher.run()))
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)
     running.otlp = otlp

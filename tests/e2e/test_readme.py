@@ -89,7 +89,8 @@ async def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
 
 def test_the_readme_has_grpcurl_examples_for_every_service() -> None:
     text = "\n".join(grpcurl_blocks(README.read_text()))
-    for service in ("PredictionService", "MetricsService", "FeedbackService", "AdminService"):
+    services = ("PredictionService", "MetricsService", "FeedbackService", "EvaluationService")
+    for service in (*services, "AdminService"):
         assert f"predictstore.v1.{service}/" in text, service
 
 
@@ -126,6 +127,12 @@ async def test_readme_grpcurl_examples_run(server: RunningServer) -> None:
     # -emit-defaults shows the zero counts of the statistics
     [stats] = outputs["GetFeedbackStats"]
     assert [b.get("count") for b in stats["rating_distribution"]] == ["0", "0", "0", "1", "0"]
+
+    # the drift example reads the quick start's prediction in its current window
+    [drift] = outputs["GetDrift"]
+    assert drift["current_count"] == "1", drift
+    assert "EvaluateModels" in outputs
+    assert "ListModels" in outputs
 
     # the Python snippets run as scripts, against the data of the examples above
     printed = []
