@@ -131,8 +131,16 @@ async def test_readme_grpcurl_examples_run(server: RunningServer) -> None:
     # the drift example reads the quick start's prediction in its current window
     [drift] = outputs["GetDrift"]
     assert drift["current_count"] == "1", drift
-    assert "EvaluateModels" in outputs
-    assert "ListModels" in outputs
+    # the outcome example answers the quick start's prediction, and the evaluation of
+    # today counts it: one prediction of version 12, matched, predicted right
+    [recorded] = outputs["RecordOutcome"]
+    assert (recorded["result"], recorded["matched"]) == ("OUTCOME_WRITE_CREATED", True)
+    evaluations = [e for f in outputs["EvaluateModels"] for e in f.get("evaluations", [])]
+    [today] = [e for e in evaluations if e["model_version"] == "12"]
+    assert (today["prediction_count"], today["matched_count"]) == ("1", "1"), today
+    assert today["classification"]["accuracy"] == 1, today
+    [model] = [m for f in outputs["ListModels"] for m in f["models"] if m["model_version"] == "12"]
+    assert model["model_name"] == "churn-gbm"
 
     # the Python snippets run as scripts, against the data of the examples above
     printed = []
