@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from predictstore.transport.struct_json import NotJson, struct_json
+from predictstore.transport.struct_json import NotJson, struct_bytes, struct_json
 
 texts = st.text(max_size=20)
 json_values = st.recursive(
@@ -63,3 +63,13 @@ def test_unknown_fields_are_skipped() -> None:
     value = struct_pb2.Value.FromString(s.fields["a"].SerializeToString() + b"\x72\x01z")
     parsed.fields["b"].CopyFrom(value)
     assert json.loads(struct_json(parsed)) == {"a": 1, "b": 1}
+
+
+@given(st.dictionaries(texts, json_values, max_size=6))
+def test_struct_bytes_make_the_struct_update_makes(value: dict[str, object]) -> None:
+    assert struct_pb2.Struct.FromString(struct_bytes(value)) == struct(value)
+
+
+def test_struct_bytes_take_ints_long_strings_and_tuples() -> None:
+    value = {"n": 3, "big": 2**60, "s": "é" * 300, "t": (1, "a"), "b": False}
+    assert struct_pb2.Struct.FromString(struct_bytes(value)) == struct(value)

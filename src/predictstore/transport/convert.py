@@ -9,7 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from predictstore.domain.predictions import Forecast, Prediction, PredictionRow
 from predictstore.errors import FieldViolation, InvalidArgument
-from predictstore.transport.struct_json import NotJson, struct_json
+from predictstore.transport.struct_json import NotJson, struct_bytes, struct_json
 from predictstore.v1 import prediction_service_pb2 as pb
 
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31, UTC.
@@ -67,9 +67,7 @@ def struct_text(value: struct_pb2.Struct, field: str) -> bytes:
 
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(value)
-    return result
+    return struct_pb2.Struct.FromString(struct_bytes(value))
 
 
 def prediction_from_proto(message: pb.Prediction, prefix: str = "prediction.") -> Prediction:
@@ -123,11 +121,12 @@ def prediction_to_proto(p: Prediction) -> pb.Prediction:
         user_id=p.user_id,
         context=p.context,
         prediction_type=p.prediction_type,
-        payload=dict_to_struct(p.payload),
         model_name=p.model_name,
         model_version=p.model_version,
-        metadata=dict_to_struct(p.metadata),
     )
+    # parsed in C from bytes written in one pass: Struct.update makes a wrapper per value
+    message.payload.MergeFromString(struct_bytes(p.payload))
+    message.metadata.MergeFromString(struct_bytes(p.metadata))
     if p.confidence is not None:
         message.confidence = p.confidence
     if p.forecast is not None:

@@ -172,3 +172,56 @@ def _list(data: bytes, i: int, end: int, out: list[str]) -> None:
         _value(data, i, i + size, out)
         i += size
     out.append("]")
+
+
+# -- the other way: JSON values to a Struct's wire bytes --------------------------------
+
+_pack_double = struct.Struct("<d").pack
+
+
+def _size(n: int) -> bytes:
+    """A length as a varint."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def struct_bytes(value: dict[str, object]) -> bytes:
+    """The wire bytes of the Struct holding ``value`` (a decoded JSON object).
+
+    ``Struct.FromString(struct_bytes(v))`` equals a Struct filled by ``update(v)``, which
+    creates a wrapper per value in Python; parsing bytes runs in C. Reads (GetPrediction,
+    ListPredictions) build their Structs this way.
+    """
+    parts = []
+    for key, item in value.items():
+        k = key.encode()
+        v = _value_bytes(item)
+        entry = b"\x0a" + _size(len(k)) + k + b"\x12" + _size(len(v)) + v
+        parts.append(b"\x0a" + _size(len(entry)) + entry)
+    return b"".join(parts)
+
+
+def _value_bytes(item: object) -> bytes:
+    if isinstance(item, str):
+        data = item.encode()
+        return b"\x1a" + _size(len(data)) + data
+    if isinstance(item, bool):  # before int: bool is an int
+        return b"\x20\x01" if item else b"\x20\x00"
+    if isinstance(item, int | float):
+        return b"\x11" + _pack_double(float(item))
+    if item is None:
+        return b"\x08\x00"
+    if isinstance(item, dict):
+        data = struct_bytes(item)
+        return b"\x2a" + _size(len(data)) + data
+    if isinstance(item, list | tuple):
+        values = [_value_bytes(v) for v in item]
+        data = b"".join(b"\x0a" + _size(len(v)) + v for v in values)
+        return b"\x32" + _size(len(data)) + data
+    raise TypeError(f"not a JSON value: {type(item).__name__}")
