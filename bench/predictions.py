@@ -1,17 +1,23 @@
-"""Prediction writes: BatchCreatePredictions end to end against raw COPY of the same rows.
+"""Predictions: the service end to end against the raw database and a bare gRPC server.
 
 One run, one database, the same generated predictions (default 100,000: 1,000 users, a
-small JSON payload and metadata, a forecast on every other one). Measured, each on an
-empty predictions table:
+small JSON payload and metadata, a forecast on every other one). Measured:
 
-- raw COPY: asyncpg copy_records_to_table of the rows straight into predictions, in
-  batches of 1,000 and of 20,000, one connection, records (json already text) built
-  before the clock starts: the most favourable baseline;
-- the service: a real ``predictstore serve`` process, one client stream of pre-serialised
-  BatchCreatePredictions messages of 1,000 and of 20,000 items, until the reply (sent
-  after every COMMIT) has arrived.
+- bulk writes, each on an empty predictions table: raw COPY (asyncpg
+  copy_records_to_table of the rows straight into predictions, in batches of 1,000 and
+  of 20,000, one connection, records with json already text built before the clock
+  starts: the most favourable baseline) against BatchCreatePredictions (a real
+  ``predictstore serve`` process, one client stream of pre-serialised messages of 1,000
+  and of 20,000 items, until the reply, sent after every COMMIT, has arrived);
+- unary calls: CreatePrediction (new ids) and GetPrediction (random stored ids) from
+  --clients client processes (default 2) with --in-flight calls each, calls/s and
+  p50/p99 latency, against a bare grpc.aio server with an asyncpg pool running the same
+  statement and building the same response: no interceptors, no validation, the limit
+  of this stack;
+- ListPredictions of every stored prediction, one stream, against a raw asyncpg cursor
+  over the same query.
 
-    python bench/predictions.py [--database-url URL] [--predictions N]
+    python bench/predictions.py [--database-url URL] [--predictions N] [--unary-calls N]
 
 Without --database-url an embedded PostgreSQL runs in a temporary directory. With it,
 the bench creates (and drops) its own database on that server. ``ratio_vs_copy`` is the
@@ -25,9 +31,13 @@ import argparse
 import asyncio
 import json
 import os
+import random
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,14 +48,26 @@ from google.protobuf import struct_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import _stream, cpu_seconds, server_process, wait_serving
-from read import bench_database
+from read import bench_database, free_port
 
 from predictstore.storage.database import read_storage_mode
+from predictstore.storage.predictions import (
+    COLUMNS as SELECT_COLUMNS,
+)
+from predictstore.storage.predictions import (
+    INSERT_PREDICTION,
+    SELECT_PREDICTION,
+)
+from predictstore.transport.struct_json import struct_json
 from predictstore.v1 import prediction_service_pb2 as pb
 
 USERS = 1_000
 SIZES = (1_000, 20_000)
-BATCH_METHOD = "/predictstore.v1.PredictionService/BatchCreatePredictions"
+SERVICE = "predictstore.v1.PredictionService"
+BATCH_METHOD = f"/{SERVICE}/BatchCreatePredictions"
+CREATE_METHOD = f"/{SERVICE}/CreatePrediction"
+GET_METHOD = f"/{SERVICE}/GetPrediction"
+LIST_METHOD = f"/{SERVICE}/ListPredictions"
 COLUMNS = (
     "prediction_id",
     "user_id",
@@ -179,7 +201,245 @@ async def service(url: str, items: list[pb.Prediction], size: int, workdir: Path
     return len(items) / elapsed
 
 
-async def bench(url: str | None, count: int, workdir: Path) -> dict[str, object]:
+# -- unary calls -----------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def _client(target: str, method: str, calls: int, in_flight: int, tag: str) -> None:
+    """One client process: ``calls`` unary calls, ``in_flight`` at a time; prints JSON."""
+    rng = random.Random(tag)
+    template = generate(1)[0][0]
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        if method == "create":
+            call = channel.unary_unary(CREATE_METHOD, request_serializer=None)
+        else:
+            call = channel.unary_unary(GET_METHOD, request_serializer=None)
+        stored = int(method.partition(":")[2] or 0)
+        counter = iter(range(calls))
+
+        def request(i: int) -> bytes:
+            if method == "create":
+                p = pb.Prediction()
+                p.CopyFrom(template)
+                p.prediction_id = f"unary-{tag}-{i}"
+                return pb.CreatePredictionRequest(prediction=p).SerializeToString()
+            pid = f"pred-{rng.randrange(stored):09d}"
+            return pb.GetPredictionRequest(prediction_id=pid).SerializeToString()
+
+        async def worker() -> None:
+            for i in counter:
+                data = request(i)
+                started = time.perf_counter()
+                await call(data, timeout=30)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    print(json.dumps({"calls": len(latencies), "elapsed": elapsed, "latencies": latencies}))
+
+
+async def unary(
+    target: str, method: str, calls: int, clients: int, in_flight: int
+) -> dict[str, float]:
+    """``clients`` processes calling ``method`` at once: calls/s in all, p50 and p99 (ms)."""
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--client",
+            target,
+            method,
+            str(calls),
+            str(in_flight),
+            f"{method}-{k}-{time.monotonic_ns()}",
+            stdout=subprocess.PIPE,
+        )
+        for k in range(clients)
+    ]
+    outputs = [json.loads((await p.communicate())[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    latencies = sorted(x for o in outputs for x in o["latencies"])
+    elapsed = max(o["elapsed"] for o in outputs)
+    return {
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": _percentile(latencies, 0.5) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+    }
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _bare_prediction(row: asyncpg.Record) -> pb.Prediction:
+    message = pb.Prediction(
+        prediction_id=row["prediction_id"],
+        user_id=row["user_id"],
+        context=row["context"],
+        prediction_type=row["prediction_type"],
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+    )
+    message.payload.update(row["payload"])
+    message.metadata.update(row["metadata"])
+    if row["confidence"] is not None:
+        message.confidence = row["confidence"]
+    if row["forecast_value"] is not None:
+        message.forecast.value = row["forecast_value"]
+        message.forecast.lower_bound = row["forecast_lower"]
+        message.forecast.upper_bound = row["forecast_upper"]
+    if row["target_time"] is not None:
+        message.target_time.FromDatetime(row["target_time"])
+    message.create_time.FromDatetime(row["create_time"])
+    return message
+
+
+async def _bare_server(url: str, port: int) -> None:
+    """grpc.aio and an asyncpg pool, nothing else: the same statements, the same replies."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await conn.set_type_codec(
+            "jsonb", schema="pg_catalog", encoder=_text, decoder=json.loads, format="text"
+        )
+
+    pool = await asyncpg.create_pool(url, min_size=2, max_size=10, init=init)
+
+    async def get(request: pb.GetPredictionRequest, context: Any) -> pb.GetPredictionResponse:
+        row = await pool.fetchrow(SELECT_PREDICTION, request.prediction_id)
+        return pb.GetPredictionResponse(prediction=_bare_prediction(row))
+
+    async def create(
+        request: pb.CreatePredictionRequest, context: Any
+    ) -> pb.CreatePredictionResponse:
+        p = request.prediction
+        f = p.forecast if p.HasField("forecast") else None
+        row = await pool.fetchrow(
+            INSERT_PREDICTION,
+            p.prediction_id,
+            p.user_id,
+            p.context,
+            p.prediction_type,
+            struct_json(p.payload),
+            p.confidence if p.HasField("confidence") else None,
+            f.value if f else None,
+            f.lower_bound if f else None,
+            f.upper_bound if f else None,
+            p.model_name,
+            p.model_version,
+            p.target_time.ToDatetime(tzinfo=UTC) if p.HasField("target_time") else None,
+            struct_json(p.metadata),
+        )
+        return pb.CreatePredictionResponse(prediction=_bare_prediction(row), created=True)
+
+    handlers = {
+        "GetPrediction": grpc.unary_unary_rpc_method_handler(
+            get,
+            request_deserializer=pb.GetPredictionRequest.FromString,
+            response_serializer=pb.GetPredictionResponse.SerializeToString,
+        ),
+        "CreatePrediction": grpc.unary_unary_rpc_method_handler(
+            create,
+            request_deserializer=pb.CreatePredictionRequest.FromString,
+            response_serializer=pb.CreatePredictionResponse.SerializeToString,
+        ),
+    }
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+@contextmanager
+def bare_process(url: str) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "--bare-server", url, str(port)])
+    try:
+        yield f"127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def wait_bare(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 60)
+
+
+async def unary_figures(
+    url: str, stored: int, calls: int, clients: int, in_flight: int, workdir: Path
+) -> dict[str, dict[str, float]]:
+    figures = {}
+    with server_process(url, workdir) as (target, pid):
+        await wait_serving(target)
+        for method in ("create", f"get:{stored}"):
+            cpu_before = cpu_seconds(pid)
+            figures[method.split(":")[0]] = result = await unary(
+                target, method, calls, clients, in_flight
+            )
+            cpu = (cpu_seconds(pid) - cpu_before) / (calls * clients)
+            log(
+                f"{method.split(':')[0]}: {result['per_s']:,.0f} calls/s, p50 "
+                f"{result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, server CPU "
+                f"{cpu * 1e6:.0f} us/call"
+            )
+    with bare_process(url) as (target, pid):
+        await wait_bare(target)
+        for method in ("create", f"get:{stored}"):
+            cpu_before = cpu_seconds(pid)
+            name = "bare_" + method.split(":")[0]
+            figures[name] = result = await unary(target, method, calls, clients, in_flight)
+            cpu = (cpu_seconds(pid) - cpu_before) / (calls * clients)
+            log(
+                f"{name}: {result['per_s']:,.0f} calls/s, p50 {result['p50_ms']:.2f} ms, "
+                f"p99 {result['p99_ms']:.2f} ms, server CPU {cpu * 1e6:.0f} us/call"
+            )
+    return figures
+
+
+# -- listing ---------------------------------------------------------------------------
+
+
+async def listing(url: str, count: int, workdir: Path) -> tuple[float, float]:
+    """ListPredictions of every stored prediction vs a raw cursor: rows/s of each."""
+    sql = f"SELECT {SELECT_COLUMNS} FROM predictions ORDER BY create_time DESC, prediction_id DESC"
+    conn = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        seen = 0
+        async with conn.transaction():
+            async for _ in conn.cursor(sql, prefetch=1000):
+                seen += 1
+        raw = seen / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+    assert seen == count
+    with server_process(url, workdir) as (target, _):
+        await wait_serving(target)
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = channel.unary_stream(
+                LIST_METHOD,
+                request_serializer=None,
+                response_deserializer=pb.ListPredictionsResponse.FromString,
+            )
+            started = time.perf_counter()
+            listed = 0
+            async for frame in call(pb.ListPredictionsRequest().SerializeToString()):
+                listed += len(frame.predictions)
+            served = listed / (time.perf_counter() - started)
+    assert listed == count
+    return served, raw
+
+
+async def bench(
+    url: str | None, count: int, workdir: Path, calls: int, clients: int, in_flight: int
+) -> dict[str, object]:
     async with bench_database(url) as db_url:
         conn = await asyncpg.connect(db_url)
         try:
@@ -196,6 +456,10 @@ async def bench(url: str | None, count: int, workdir: Path) -> dict[str, object]
         for size in SIZES:
             served[size] = await service(db_url, items, size, workdir)
             log(f"BatchCreatePredictions, {size:,}-item messages: {served[size]:,.0f}/s")
+        # the table now holds the `count` predictions of the last run
+        list_per_s, cursor_per_s = await listing(db_url, count, workdir)
+        log(f"ListPredictions {list_per_s:,.0f} rows/s, raw cursor {cursor_per_s:,.0f} rows/s")
+        u = await unary_figures(db_url, count, calls, clients, in_flight, workdir)
     big = SIZES[-1]
     return {
         "predictions": count,
@@ -206,6 +470,22 @@ async def bench(url: str | None, count: int, workdir: Path) -> dict[str, object]
         "batch_1k_per_s": round(served[SIZES[0]]),
         "raw_copy_1k_per_s": round(raw[SIZES[0]]),
         "ratio_vs_copy_1k": round(served[SIZES[0]] / raw[SIZES[0]], 3),
+        "unary_clients": clients,
+        "unary_in_flight": in_flight,
+        "unary_create_per_s": round(u["create"]["per_s"]),
+        "bare_unary_create_per_s": round(u["bare_create"]["per_s"]),
+        "ratio_unary_create_vs_bare": round(u["create"]["per_s"] / u["bare_create"]["per_s"], 3),
+        "p50_create_ms": round(u["create"]["p50_ms"], 2),
+        "p99_create_ms": round(u["create"]["p99_ms"], 2),
+        "unary_get_per_s": round(u["get"]["per_s"]),
+        "bare_unary_get_per_s": round(u["bare_get"]["per_s"]),
+        "ratio_unary_get_vs_bare": round(u["get"]["per_s"] / u["bare_get"]["per_s"], 3),
+        "p50_get_ms": round(u["get"]["p50_ms"], 2),
+        "p99_get_ms": round(u["get"]["p99_ms"], 2),
+        "bare_p99_get_ms": round(u["bare_get"]["p99_ms"], 2),
+        "list_per_s": round(list_per_s),
+        "raw_cursor_per_s": round(cursor_per_s),
+        "ratio_list_vs_cursor": round(list_per_s / cursor_per_s, 3),
     }
 
 
@@ -213,10 +493,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
     parser.add_argument("--predictions", type=int, default=100_000, help="predictions to write")
+    parser.add_argument(
+        "--unary-calls", type=int, default=3_000, help="unary calls per client process"
+    )
+    parser.add_argument("--clients", type=int, default=2, help="unary client processes (>= 2)")
+    parser.add_argument("--in-flight", type=int, default=8, help="calls in flight per client")
+    parser.add_argument("--client", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    if args.client:
+        target, method, calls, in_flight, tag = args.client
+        asyncio.run(_client(target, method, int(calls), int(in_flight), tag))
+        return
+    if args.bare_server:
+        asyncio.run(_bare_server(args.bare_server[0], int(args.bare_server[1])))
+        return
     with tempfile.TemporaryDirectory(prefix="predictstore-bench-") as tmp:
-        result = asyncio.run(bench(args.database_url, args.predictions, Path(tmp)))
+        result = asyncio.run(
+            bench(
+                args.database_url,
+                args.predictions,
+                Path(tmp),
+                min(args.unary_calls, 100_000),
+                max(args.clients, 2),
+                args.in_flight,
+            )
+        )
     print(json.dumps(result), flush=True)
 
 

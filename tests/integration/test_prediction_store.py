@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -96,3 +97,44 @@ async def test_list_by_user_uses_its_index(db: Database) -> None:
     text = json.dumps(plan)
     assert "predictions_user_time_idx" in text
     assert '"Seq Scan"' not in text
+
+
+async def test_bulk_create_settles_an_id_stored_while_it_copies(db: Database) -> None:
+    """Another call stores an id after the bulk create looked it up: the COPY waits on
+    it, fails on the key, and the staging path settles each id; nothing is lost or
+    stored twice."""
+    store = PredictionStore(db)
+    async with db.connection() as other:
+        rival = other.transaction()
+        await rival.start()
+        await other.execute(
+            "INSERT INTO predictions (prediction_id, user_id, prediction_type) "
+            "VALUES ('r2', 'u1', 'churn')"
+        )
+        task = asyncio.create_task(store.create_many([make("r1"), make("r2"), make("r3")]))
+        async with db.connection() as watcher:
+            for _ in range(200):  # the COPY blocks on the uncommitted key
+                waiting = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+        assert waiting, "the COPY never waited on the rival's key"
+        await rival.commit()
+    result = await asyncio.wait_for(task, 30)
+    assert result.created == ["r1", "r3"]
+    assert result.conflicting == ["r2"]  # stored by the rival with other content
+    async with db.connection() as conn:
+        count = await conn.fetchval("SELECT count(*) FROM predictions")
+    assert count == 3
+
+
+async def test_bulk_create_of_stored_rows_stores_nothing(db: Database) -> None:
+    store = PredictionStore(db)
+    items = [make(f"p{i}") for i in range(300)]
+    first = await store.create_many(items)
+    again = await store.create_many(items)
+    assert len(first.created) == 300
+    assert (again.created, len(again.existing), again.conflicting) == ([], 300, [])

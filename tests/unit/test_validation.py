@@ -12,6 +12,11 @@ from predictstore.domain.predictions import (
     Prediction,
     PredictionFilter,
     PredictionLimits,
+    PredictionRow,
+    prediction_of,
+    row_of,
+    same_row,
+    screen_rows,
     validate_filter,
     validate_prediction,
 )
@@ -89,3 +94,50 @@ def test_same_content_ignores_create_time_only() -> None:
     b = make(payload={"labels": {"cat": 0.9}}, create_time=datetime.now(UTC))
     assert a.same_content(b)
     assert not a.same_content(make(payload={"labels": {"cat": 0.8}}))
+
+
+# -- the bulk path's column screen --------------------------------------------------
+
+
+def rows_for(predictions: list[Prediction]) -> list[PredictionRow]:
+    return [row_of(p) for p in predictions]
+
+
+def test_screen_flags_nothing_in_a_clean_column() -> None:
+    good = [make(prediction_id=f"p{i}", confidence=0.5) for i in range(50)]
+    assert screen_rows(rows_for(good), LIMITS) == set()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"user_id": ""},
+        {"prediction_type": "a\x01"},
+        {"prediction_id": "x" * 17},
+        {"context": "a\x00"},
+        {"model_name": "m" * 257},
+        {"confidence": 1.5},
+        {"confidence": math.nan},
+        {"forecast": Forecast(5, 6, 10)},
+        {"forecast": Forecast(5, -math.inf, 10)},
+        {"forecast": Forecast(math.nan, 1, 10)},
+        {"payload": {"a": "x" * 100}},
+        {"metadata": {"a": "\x00"}},
+    ],
+)
+def test_screen_flags_the_rows_validation_refuses(bad: dict[str, object]) -> None:
+    items = [make(prediction_id=f"p{i}") for i in range(20)]
+    items[7] = make(**{"prediction_id": "p7", **bad})
+    rows = rows_for(items)
+    flagged = screen_rows(rows, LIMITS)
+    assert fields(prediction_of(rows[7]))
+    assert 7 in flagged
+    assert all(not fields(prediction_of(rows[i])) for i in flagged - {7})
+
+
+def test_rows_differing_only_in_key_order_are_the_same_create() -> None:
+    a = row_of(make(payload={"x": 1, "y": [1, 2]}))
+    b = (*a[:4], b'{"y":[1,2],"x":1}', *a[5:])
+    assert a[4] != b[4]
+    assert same_row(a, b)  # type: ignore[arg-type]
+    assert not same_row(a, row_of(make(payload={"x": 2, "y": [1, 2]})))

@@ -75,11 +75,30 @@ def translate_errors() -> Iterator[None]:
         raise
 
 
+def _encode_json(value: Any) -> bytes:
+    """json's binary form is its text. ``bytes`` are JSON text already (the bulk path
+    encodes each document once, to measure and store it); anything else is dumped."""
+    return value if type(value) is bytes else json.dumps(value).encode()
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    """jsonb's binary form: version 1, then the text (one call per value: COPY makes
+    two per row)."""
+    return b"\x01" + (value if type(value) is bytes else json.dumps(value).encode())
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    for typename in ("json", "jsonb"):
-        await conn.set_type_codec(
-            typename, schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
-        )
+    # binary format: COPY (always binary in asyncpg) can then fill jsonb columns
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", encoder=_encode_json, decoder=json.loads, format="binary"
+    )
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
+    )
 
 
 class Params:

@@ -18,7 +18,8 @@ trip and cannot be committed without the write, nor the write without the mark.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -90,6 +91,31 @@ def marking_prediction(write: str, prediction_id: str = "$1") -> str:
 WITH written AS ({write}), marked AS ({insert_marks(source)})
 SELECT * FROM written
 """
+
+
+# Marks the cells of predictions just copied into predictions by this transaction, from
+# their (model_name, model_version, target_time) as arrays: their create_time is now().
+MARK_COPIED_PREDICTIONS = insert_marks(
+    "SELECT u.model_name, u.model_version, now() AS create_time, u.target_time "
+    "FROM unnest($1::text[], $2::text[], $3::timestamptz[]) "
+    "AS u (model_name, model_version, target_time)"
+)
+
+
+async def mark_copied_predictions(
+    conn: asyncpg.Connection, cells: Iterable[tuple[str, str, datetime | None]]
+) -> None:
+    """Mark the cells of predictions this transaction copied in (a COPY returns no rows
+    to mark from): ``cells`` are their (model_name, model_version, target_time), reduced
+    here to one per model version and target hour, so the statement stays small."""
+    distinct: set[tuple[str, str, datetime | None]] = set()
+    for model_name, model_version, target in cells:
+        hour = None if target is None else target.replace(minute=0, second=0, microsecond=0)
+        distinct.add((model_name, model_version, hour))
+    if not distinct:
+        return
+    names, versions, hours = zip(*distinct, strict=True)
+    await conn.execute(MARK_COPIED_PREDICTIONS, list(names), list(versions), list(hours))
 
 
 async def mark_stored_predictions(conn: asyncpg.Connection, ids: Sequence[str]) -> set[str]:

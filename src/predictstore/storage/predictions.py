@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,7 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from predictstore.domain.predictions import Forecast, Prediction, PredictionFilter
+from predictstore.domain.predictions import (
+    Forecast,
+    Prediction,
+    PredictionFilter,
+    PredictionRow,
+    prediction_of,
+    row_of,
+)
 from predictstore.errors import AlreadyExists, Unavailable, echo
 from predictstore.storage import invalidation
 from predictstore.storage.database import Database, Params, translate_errors
@@ -28,7 +34,8 @@ ON CONFLICT (prediction_id) DO NOTHING
 RETURNING {COLUMNS}
 """
 
-# The columns a bulk create supplies, in the order of _values (create_time is the store's).
+# The columns a bulk create supplies, in the order of PredictionRow (create_time is the
+# store's).
 BULK_COLUMNS = tuple(c.strip() for c in COLUMNS.split(",")[:-1])
 
 # A session-local landing area for COPY: json stays text here, cast once in the INSERT.
@@ -67,10 +74,6 @@ class BulkResult:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     conflicting: list[str] = field(default_factory=list)
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _row_to_prediction(row: asyncpg.Record) -> Prediction:
@@ -164,39 +167,75 @@ class PredictionStore:
         return stored, False
 
     async def create_many(self, items: Sequence[Prediction]) -> BulkResult:
-        """Store ``items`` (unique ids) by one COPY; classify the ids that were taken.
+        """Store ``items`` (unique ids); see create_rows."""
+        return await self.create_rows([row_of(p) for p in items])
 
-        COPY into a temporary staging table and one INSERT ... SELECT with ON CONFLICT DO
-        NOTHING keep the per-id idempotency of a plain INSERT at the speed of COPY.
+    async def create_rows(self, rows: Sequence[PredictionRow]) -> BulkResult:
+        """Store ``rows`` (unique ids) by one COPY; classify the ids that were taken.
+
+        The ids are looked up first, and the rows whose id is free are copied straight
+        into predictions: as fast as a raw COPY (a staging table and INSERT ... ON
+        CONFLICT cost the database about 30% more). An id stored by another call in
+        between makes the COPY fail on the primary key, storing nothing; the rows then
+        take the staging path, which settles every id on its own. Either way each id is
+        stored at most once, and a replay stores nothing.
         """
         result = BulkResult()
-        if not items:
+        if not rows:
             return result
-        records = []
-        for p in items:
-            row = list(_values(p))
-            row[4] = _dump(row[4])
-            row[12] = _dump(row[12])
-            records.append(row)
-        async with self.db.connection() as conn, conn.transaction():
+        async with self.db.connection() as conn:
+            found = await conn.fetch(SELECT_PREDICTIONS_BY_IDS, [r[0] for r in rows])
+            stored = {r["prediction_id"]: _row_to_prediction(r) for r in found}
+            fresh = [r for r in rows if r[0] not in stored] if stored else rows
+            if fresh:
+                try:
+                    async with conn.transaction():
+                        await conn.copy_records_to_table(
+                            "predictions", records=fresh, columns=BULK_COLUMNS
+                        )
+                        await invalidation.mark_copied_predictions(
+                            conn, ((r[9], r[10], r[11]) for r in fresh)
+                        )
+                except asyncpg.UniqueViolationError:
+                    return await self._create_staged(conn, rows)
+        for row in rows:
+            pid = row[0]
+            taken = stored.get(pid)
+            if taken is None:
+                result.created.append(pid)
+            elif taken.same_content(prediction_of(row)):
+                result.existing.append(pid)
+            else:
+                result.conflicting.append(pid)
+        return result
+
+    async def _create_staged(
+        self, conn: asyncpg.Connection, rows: Sequence[PredictionRow]
+    ) -> BulkResult:
+        """create_rows through a staging table and INSERT ... ON CONFLICT DO NOTHING:
+        exact when other calls store the same ids at the same time."""
+        result = BulkResult()
+        records = [(*r[:4], r[4].decode(), *r[5:12], r[12].decode()) for r in rows]
+        async with conn.transaction():
             await conn.execute(CREATE_STAGING)
             await conn.copy_records_to_table(
                 "predictions_staging", records=records, columns=BULK_COLUMNS
             )
             insert = invalidation.marking_staged(INSERT_FROM_STAGING, "predictions_staging")
             inserted = {r["prediction_id"] for r in await conn.fetch(insert)}
-            taken = [p for p in items if p.prediction_id not in inserted]
+            taken = [r[0] for r in rows if r[0] not in inserted]
             stored = {}
             if taken:
-                rows = await conn.fetch(SELECT_PREDICTIONS_BY_IDS, [p.prediction_id for p in taken])
-                stored = {r["prediction_id"]: _row_to_prediction(r) for r in rows}
-        for p in items:
-            if p.prediction_id in inserted:
-                result.created.append(p.prediction_id)
-            elif p.prediction_id in stored and stored[p.prediction_id].same_content(p):
-                result.existing.append(p.prediction_id)
+                found = await conn.fetch(SELECT_PREDICTIONS_BY_IDS, taken)
+                stored = {r["prediction_id"]: _row_to_prediction(r) for r in found}
+        for row in rows:
+            pid = row[0]
+            if pid in inserted:
+                result.created.append(pid)
+            elif pid in stored and stored[pid].same_content(prediction_of(row)):
+                result.existing.append(pid)
             else:
-                result.conflicting.append(p.prediction_id)
+                result.conflicting.append(pid)
         return result
 
     async def get(self, prediction_id: str) -> Prediction | None:

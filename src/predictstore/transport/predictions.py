@@ -11,7 +11,6 @@ import grpc
 
 from predictstore.domain import resume
 from predictstore.domain.predictions import (
-    Prediction,
     PredictionFilter,
     PredictionLimits,
     validate_filter,
@@ -26,11 +25,9 @@ from predictstore.transport.convert import (
     prediction_to_proto,
 )
 from predictstore.transport.frames import framed
+from predictstore.transport.prediction_batch import BatchWriter
 from predictstore.v1 import common_pb2, prediction_service_pb2_grpc
 from predictstore.v1 import prediction_service_pb2 as pb
-
-# Validated items gathered into one COPY: large COPYs amortise the backend's fixed cost.
-BULK_CHUNK = 10_000
 
 
 def _new_id() -> str:
@@ -71,80 +68,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         request_iterator: AsyncIterator[pb.BatchCreatePredictionsRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.BatchCreatePredictionsResponse:
-        reply = pb.BatchCreatePredictionsResponse()
-        # One group of validated items with distinct ids, written by one COPY at flush.
-        pending: dict[str, tuple[int, Prediction]] = {}
-        # Later items of the group identical to a pending one: settled with it at flush.
-        replays: dict[str, list[int]] = {}
-        stored_ids: list[tuple[int, str]] = []
-
-        def reject(index: int, prediction_id: str, field: str, reason: str) -> None:
-            reply.rejected_count += 1
-            if len(reply.rejected) < self.max_rejections_reported:
-                reply.rejected.append(
-                    pb.RejectedPrediction(
-                        index=index, prediction_id=prediction_id, field=field, reason=reason
-                    )
-                )
-
-        async def flush() -> set[str]:
-            """Write the group; returns the ids refused because the store has other content."""
-            result = await self.store.create_many([p for _, p in pending.values()])
-            reply.created_count += len(result.created)
-            reply.existing_count += len(result.existing)
-            conflicting = set(result.conflicting)
-            for pid, (index, _) in pending.items():
-                if pid in conflicting:
-                    for i in [index, *replays.get(pid, ())]:
-                        reject(i, pid, "prediction_id", "exists with other content")
-                else:
-                    stored_ids.append((index, pid))
-                    for i in replays.get(pid, ()):
-                        reply.existing_count += 1
-                        stored_ids.append((i, pid))
-            pending.clear()
-            replays.clear()
-            return conflicting
-
-        index = 0
-        async for message in request_iterator:
-            for item in message.predictions:
-                try:
-                    prediction = prediction_from_proto(item, prefix="")
-                    violations = validate_prediction(prediction, self.limits, prefix="")
-                except InvalidArgument as exc:
-                    prediction = Prediction(item.prediction_id, "", "")
-                    violations = list(exc.violations)
-                if violations:
-                    for v in violations:
-                        reject(index, prediction.prediction_id, v.field, v.description)
-                else:
-                    if not prediction.prediction_id:
-                        prediction = replace(prediction, prediction_id=_new_id())
-                    pid = prediction.prediction_id
-                    earlier = pending.get(pid)
-                    if earlier is None:
-                        pending[pid] = (index, prediction)
-                    elif earlier[1].same_content(prediction):
-                        replays.setdefault(pid, []).append(index)
-                    elif pid in await flush():
-                        # the earlier item was refused: this one is judged on its own
-                        pending[pid] = (index, prediction)
-                    else:
-                        reject(
-                            index,
-                            pid,
-                            "prediction_id",
-                            "repeats an earlier item of this stream with other content",
-                        )
-                index += 1
-                if len(pending) >= BULK_CHUNK:
-                    await flush()
-        if pending:
-            await flush()
-        stored_ids.sort()
-        reply.prediction_ids.extend(pid for _, pid in stored_ids)
-        return reply
+        batch = BatchWriter(self.store, self.limits, self.max_rejections_reported)
+        try:
+            async for message in request_iterator:
+                await batch.add(message.predictions)
+            return await batch.reply()
+        except BaseException:
+            await batch.abandon()
+            raise
 
     async def GetPrediction(
         self, request: pb.GetPredictionRequest, context: grpc.aio.ServicerContext

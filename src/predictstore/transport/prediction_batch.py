@@ -1,0 +1,174 @@
+"""BatchCreatePredictions: one stream's items decoded, validated and written in groups.
+
+Items are numbered across the stream. Each becomes one tuple (a PredictionRow, its JSON
+already text) and the tuples of a slice are validated column by column; the few that a
+column check flags are validated one by one for the exact violations. Good items gather
+in a group of distinct ids, written by one COPY (PredictionStore.create_rows) while the
+next group is decoded: the server's Python and PostgreSQL work at the same time, one
+group in flight per stream, groups committed in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+
+from predictstore.domain.predictions import (
+    PredictionLimits,
+    PredictionRow,
+    prediction_of,
+    same_row,
+    screen_rows,
+    validate_prediction,
+)
+from predictstore.errors import FieldViolation, InvalidArgument
+from predictstore.storage.predictions import PredictionStore
+from predictstore.transport.convert import prediction_row_from_proto
+from predictstore.v1 import prediction_service_pb2 as pb
+
+# Validated items gathered into one COPY: large enough to amortise a COPY's fixed cost,
+# small enough that writing one group overlaps decoding the next from early on.
+BULK_CHUNK = 5_000
+# Items decoded at a stretch before the COPY in flight gets the event loop back.
+DECODE_SLICE = 500
+
+
+class _Group:
+    """Validated items with distinct ids, to be written by one COPY."""
+
+    __slots__ = ("pending", "replays")
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[int, PredictionRow]] = {}
+        # later items identical to a pending one: settled with it
+        self.replays: dict[str, list[int]] = {}
+
+
+class BatchWriter:
+    """The state of one BatchCreatePredictions stream: add() each message, then reply()."""
+
+    def __init__(
+        self, store: PredictionStore, limits: PredictionLimits, max_rejections_reported: int
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.max_rejections_reported = max_rejections_reported
+        self.response = pb.BatchCreatePredictionsResponse()
+        self.rejected: list[pb.RejectedPrediction] = []
+        self.group = _Group()
+        self.in_flight: asyncio.Task[set[str]] | None = None
+        self.stored_ids: list[tuple[int, str]] = []
+        self.index = 0
+
+    def reject(self, index: int, prediction_id: str, field: str, reason: str) -> None:
+        self.response.rejected_count += 1
+        if len(self.rejected) < self.max_rejections_reported:
+            self.rejected.append(
+                pb.RejectedPrediction(
+                    index=index, prediction_id=prediction_id, field=field, reason=reason
+                )
+            )
+
+    async def add(self, items: Sequence[pb.Prediction]) -> None:
+        """Take one message's items (numbered on from the last message's)."""
+        for start in range(0, len(items), DECODE_SLICE):
+            await self._add_slice(items[start : start + DECODE_SLICE])
+            await asyncio.sleep(0)  # the COPY in flight sends while we decode
+
+    async def _add_slice(self, items: Sequence[pb.Prediction]) -> None:
+        first = self.index
+        self.index += len(items)
+        rows: list[PredictionRow] = []
+        positions: list[int] = []  # of each row, within the slice
+        violations: dict[int, list[FieldViolation]] = {}
+        for i, item in enumerate(items):
+            try:
+                rows.append(prediction_row_from_proto(item))
+                positions.append(i)
+            except InvalidArgument as exc:
+                violations[i] = list(exc.violations)
+        for k in screen_rows(rows, self.limits):
+            if found := validate_prediction(prediction_of(rows[k]), self.limits, prefix=""):
+                violations[positions[k]] = found
+        rows_at = dict(zip(positions, rows, strict=True))
+        for i, item in enumerate(items):
+            if i in violations:
+                for v in violations[i]:
+                    self.reject(first + i, item.prediction_id, v.field, v.description)
+            else:
+                await self._take(first + i, rows_at[i])
+
+    async def _take(self, index: int, row: PredictionRow) -> None:
+        if not row[0]:
+            row = (str(uuid.uuid4()), *row[1:])
+        pid = row[0]
+        earlier = self.group.pending.get(pid)
+        if earlier is None:
+            self.group.pending[pid] = (index, row)
+        elif same_row(earlier[1], row):
+            self.group.replays.setdefault(pid, []).append(index)
+        elif pid in await self._write_now():
+            # the earlier item was refused: this one is judged on its own
+            self.group.pending[pid] = (index, row)
+        else:
+            self.reject(
+                index,
+                pid,
+                "prediction_id",
+                "repeats an earlier item of this stream with other content",
+            )
+        if len(self.group.pending) >= BULK_CHUNK:
+            await self._start_write()
+
+    async def _start_write(self) -> None:
+        """Hand the group to a COPY of its own, after the one in flight has committed."""
+        group, self.group = self.group, _Group()
+        await self._settle()
+        self.in_flight = asyncio.create_task(self._write(group))
+
+    async def _settle(self) -> set[str]:
+        """Wait for the COPY in flight; the ids it refused (other content stored)."""
+        task, self.in_flight = self.in_flight, None
+        return set() if task is None else await task
+
+    async def _write_now(self) -> set[str]:
+        if self.group.pending:
+            await self._start_write()
+        return await self._settle()
+
+    async def _write(self, group: _Group) -> set[str]:
+        """Write the group; returns the ids refused because the store has other content."""
+        result = await self.store.create_rows([row for _, row in group.pending.values()])
+        self.response.created_count += len(result.created)
+        self.response.existing_count += len(result.existing)
+        conflicting = set(result.conflicting)
+        for pid, (index, _) in group.pending.items():
+            if pid in conflicting:
+                for i in [index, *group.replays.get(pid, ())]:
+                    self.reject(i, pid, "prediction_id", "exists with other content")
+            else:
+                self.stored_ids.append((index, pid))
+                for i in group.replays.get(pid, ()):
+                    self.response.existing_count += 1
+                    self.stored_ids.append((i, pid))
+        return conflicting
+
+    async def reply(self) -> pb.BatchCreatePredictionsResponse:
+        """Write what is left and answer, once every group has committed."""
+        await self._write_now()
+        self.stored_ids.sort()
+        self.response.prediction_ids.extend(pid for _, pid in self.stored_ids)
+        # groups settle while later items are checked: report in stream order
+        self.response.rejected.extend(sorted(self.rejected, key=lambda r: r.index))
+        return self.response
+
+    async def abandon(self) -> None:
+        """The stream failed: stop the COPY in flight (it commits all of its group or
+        nothing)."""
+        task, self.in_flight = self.in_flight, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
