@@ -136,6 +136,13 @@ def upgrade() -> None:
         )
         """
     )
+    # an evaluation reads the cells of one model, basis and hour range, every version
+    op.execute(
+        "CREATE INDEX evaluation_rollup_range_idx ON evaluation_rollup (model_name, basis, hour)"
+    )
+    # rollup retention deletes by hour
+    for table in ("evaluation_rollup", "evaluation_rollup_labels", "evaluation_rollup_bins"):
+        op.execute(f"CREATE INDEX {table}_hour_idx ON {table} (hour)")
     # Every prediction stored so far needs its cells computed once.
     op.execute(
         """

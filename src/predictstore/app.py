@@ -26,6 +26,7 @@ from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.audit import AuditStore
 from predictstore.storage.database import Database, PoolSettings
+from predictstore.storage.evaluation import EvaluationRefresher, EvaluationStore
 from predictstore.storage.feedback import FeedbackStore
 from predictstore.storage.maintenance import LifecyclePolicy, Maintenance, MaintenanceRunner
 from predictstore.storage.predictions import PredictionStore
@@ -185,7 +186,11 @@ async def start_server(
         ),
         server,
     )
-    maintenance = Maintenance(db, lifecycle_policy(settings))
+    maintenance = Maintenance(
+        db,
+        lifecycle_policy(settings),
+        evaluation_batch_cells=settings.evaluation_refresh_batch_cells,
+    )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(AdminStore(db), maintenance, audit, settings), server
     )
@@ -218,6 +223,13 @@ async def start_server(
     if settings.maintenance_interval_s > 0:
         runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s, audit)
         running.tasks.append(asyncio.create_task(runner.run()))
+    if settings.evaluation_refresh_interval_s > 0:
+        refresher = EvaluationRefresher(
+            EvaluationStore(db),
+            settings.evaluation_refresh_interval_s,
+            settings.evaluation_refresh_batch_cells,
+        )
+        running.tasks.append(asyncio.create_task(refresher.run()))
     running.cleanups.append(watch_pool(db.pool))
     running.drains.append(metrics_writer.drain)
     return running
@@ -266,6 +278,7 @@ def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
         feedback_retention_days=settings.feedback_retention_days,
         prediction_retention_days=settings.prediction_retention_days,
         batch_dedupe_horizon_s=settings.metrics_batch_dedupe_horizon_s,
+        unmatched_outcome_horizon_s=settings.evaluation_unmatched_outcome_horizon_s,
         partitions_ahead_days=settings.partitions_ahead_days,
         batch_rows=settings.retention_batch_rows,
         max_batches=settings.retention_max_batches,

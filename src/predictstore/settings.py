@@ -164,6 +164,33 @@ class Settings(BaseSettings):
         "(false: always scan raw rows).",
     )
 
+    # evaluation read path
+    evaluation_refresh_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often dirty evaluation cells are recomputed into the rollup; 0: only "
+        "by AdminService.RunMaintenance. Answers are exact either way; fresh rollups are "
+        "cheaper to read.",
+    )
+    evaluation_refresh_batch_cells: int = Field(
+        default=500, ge=1, description="Dirty evaluation cells one refresh transaction recomputes."
+    )
+    evaluation_max_buckets: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most time buckets per model version one EvaluateModels call may ask for "
+        "(range / bucket_width); more is INVALID_ARGUMENT.",
+    )
+    evaluation_drift_psi_threshold: float = Field(
+        default=0.2, gt=0, description="GetDrift reports drifted when the PSI is at least this."
+    )
+    evaluation_drift_max_rows: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most predictions GetDrift reads per window for the PSI; more is "
+        "RESOURCE_EXHAUSTED (narrow the windows).",
+    )
+
     # security
     api_keys: list[ApiKeyConfig] = Field(
         default_factory=list,
@@ -214,6 +241,15 @@ class Settings(BaseSettings):
     )
     default_min_flags: int = Field(
         default=3, ge=1, description="ListFlaggedInsights' min_flags when a request leaves it 0."
+    )
+
+    # evaluation: outcomes (write path)
+    evaluation_unmatched_outcome_horizon_s: float = Field(
+        default=30 * 86_400,
+        ge=0,
+        description="How long an outcome whose prediction is not stored waits for it; "
+        "maintenance deletes outcomes older than this that have no prediction (also those "
+        "whose prediction retention removed). 0 keeps them forever.",
     )
 
     # admin & maintenance

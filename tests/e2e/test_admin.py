@@ -151,6 +151,7 @@ async def test_run_maintenance_reports_what_it_did(admin: AdminServiceStub, db: 
     assert {r.table_name for r in reply.rows_deleted} == {
         "feedback",
         "metric_batches",
+        "outcomes",
         "predictions",
     }
     assert all(r.complete and r.rows_deleted == 0 for r in reply.rows_deleted)

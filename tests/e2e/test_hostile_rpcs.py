@@ -29,6 +29,7 @@ from predictstore.app import RunningServer
 from predictstore.v1 import (
     admin_service_pb2,
     common_pb2,
+    evaluation_service_pb2,
     feedback_service_pb2,
     metrics_service_pb2,
     prediction_service_pb2,
@@ -43,6 +44,7 @@ MAX_STRING = 20_000
 _PROTO_MODULES = (
     admin_service_pb2,
     common_pb2,
+    evaluation_service_pb2,
     feedback_service_pb2,
     metrics_service_pb2,
     prediction_service_pb2,

@@ -36,10 +36,22 @@ from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
 from tests.e2e.test_server import run_grpcurl
 from tests.helpers import free_port
 
-SERVICES = ("PredictionService", "MetricsService", "FeedbackService", "AdminService")
+SERVICES = (
+    "PredictionService",
+    "MetricsService",
+    "FeedbackService",
+    "EvaluationService",
+    "AdminService",
+)
 KEYS = {
-    "reader": ("key-reader-0123456789", ["predictions:read", "metrics:read", "feedback:read"]),
-    "writer": ("key-writer-0123456789", ["predictions:write", "metrics:write", "feedback:write"]),
+    "reader": (
+        "key-reader-0123456789",
+        ["predictions:read", "metrics:read", "feedback:read", "evaluation:read"],
+    ),
+    "writer": (
+        "key-writer-0123456789",
+        ["predictions:write", "metrics:write", "feedback:write", "evaluation:write"],
+    ),
     "admin": ("key-admin-01234567890", ["admin"]),
 }
 

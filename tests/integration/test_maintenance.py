@@ -168,7 +168,10 @@ async def test_row_retention_off_keeps_everything(pg_db: Database) -> None:
     report = await Maintenance(
         pg_db,
         LifecyclePolicy(
-            feedback_retention_days=0, prediction_retention_days=0, batch_dedupe_horizon_s=0
+            feedback_retention_days=0,
+            prediction_retention_days=0,
+            batch_dedupe_horizon_s=0,
+            unmatched_outcome_horizon_s=0,
         ),
     ).run()
     assert report.rows_deleted == []
@@ -191,6 +194,35 @@ async def test_batch_ids_older_than_the_dedupe_horizon_are_forgotten(pg_db: Data
     assert {r.table_name: r.rows_deleted for r in hour.rows_deleted}["metric_batches"] == 1
     rows = await pg_db.pool.fetch("SELECT batch_id FROM metric_batches")
     assert [r[0] for r in rows] == ["new"]
+
+
+async def test_outcomes_without_a_prediction_past_the_horizon_go(pg_db: Database) -> None:
+    """Unmatched outcomes wait the horizon; matched ones go with their prediction."""
+    await pg_db.pool.execute(
+        "INSERT INTO predictions (prediction_id, user_id, prediction_type, create_time) "
+        "VALUES ('kept', 'u', 't', now() - interval '40 days'),"
+        " ('expired', 'u', 't', now() - interval '400 days')"
+    )
+    ages = {
+        "kept": timedelta(days=40),  # matched: stays as long as its prediction
+        "expired": timedelta(days=40),  # its prediction goes by retention, then it goes
+        "waiting": timedelta(days=29),
+        "given-up": timedelta(days=31),
+    }
+    for pid, age in ages.items():
+        await pg_db.pool.execute(
+            "INSERT INTO outcomes (prediction_id, observed_value, observe_time, record_time) "
+            "VALUES ($1, 1, now(), now() - $2::interval)",
+            pid,
+            age,
+        )
+    policy = LifecyclePolicy(prediction_retention_days=365, batch_rows=1)
+    report = await Maintenance(pg_db, policy).run()
+    by_table = {r.table_name: r for r in report.rows_deleted}
+    assert by_table["predictions"].rows_deleted == 1
+    assert (by_table["outcomes"].rows_deleted, by_table["outcomes"].complete) == (2, True)
+    rows = await pg_db.pool.fetch("SELECT prediction_id FROM outcomes ORDER BY 1")
+    assert [r[0] for r in rows] == ["kept", "waiting"]
 
 
 async def _policy_intervals(db: Database) -> dict[str, timedelta]:

@@ -198,7 +198,7 @@ class PolicyChange(_message.Message):
     def __init__(self, hypertable_name: _Optional[str] = ..., policy: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RunMaintenanceResponse(_message.Message):
-    __slots__ = ("ran", "partitions_created", "partitions_dropped", "rows_deleted", "policies_changed", "start_time", "duration")
+    __slots__ = ("ran", "partitions_created", "partitions_dropped", "rows_deleted", "policies_changed", "start_time", "duration", "evaluation_cells_refreshed")
     RAN_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_CREATED_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_DROPPED_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class RunMaintenanceResponse(_message.Message):
     POLICIES_CHANGED_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_CELLS_REFRESHED_FIELD_NUMBER: _ClassVar[int]
     ran: bool
     partitions_created: _containers.RepeatedScalarFieldContainer[str]
     partitions_dropped: _containers.RepeatedScalarFieldContainer[str]
@@ -213,7 +214,8 @@ class RunMaintenanceResponse(_message.Message):
     policies_changed: _containers.RepeatedCompositeFieldContainer[PolicyChange]
     start_time: _timestamp_pb2.Timestamp
     duration: _duration_pb2.Duration
-    def __init__(self, ran: _Optional[bool] = ..., partitions_created: _Optional[_Iterable[str]] = ..., partitions_dropped: _Optional[_Iterable[str]] = ..., rows_deleted: _Optional[_Iterable[_Union[RowsDeleted, _Mapping]]] = ..., policies_changed: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    evaluation_cells_refreshed: int
+    def __init__(self, ran: _Optional[bool] = ..., partitions_created: _Optional[_Iterable[str]] = ..., partitions_dropped: _Optional[_Iterable[str]] = ..., rows_deleted: _Optional[_Iterable[_Union[RowsDeleted, _Mapping]]] = ..., policies_changed: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., evaluation_cells_refreshed: _Optional[int] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
     __slots__ = ("event_id", "event_time", "actor", "actor_kind", "action", "resource", "outcome", "details_json")

@@ -17,6 +17,7 @@ from predictstore.domain.feedback import (
     FlaggedFilter,
     FlaggedInsight,
 )
+from predictstore.storage import invalidation
 from predictstore.storage.database import Database, Params, translate_errors
 
 COLUMNS = "insight_id, user_id, rating, comment, flag_type, flag_reason, create_time, update_time"
@@ -151,7 +152,7 @@ class FeedbackStore:
         serialize on the primary key, so they never make two rows."""
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                UPSERT_FEEDBACK,
+                invalidation.marking_prediction(UPSERT_FEEDBACK),
                 f.insight_id,
                 f.user_id,
                 f.rating,
@@ -169,7 +170,9 @@ class FeedbackStore:
     async def delete(self, insight_id: str, user_id: str) -> bool:
         """True when there was feedback to delete."""
         async with self.db.connection() as conn:
-            deleted = await conn.fetchval(DELETE_FEEDBACK, insight_id, user_id)
+            deleted = await conn.fetchval(
+                invalidation.marking_prediction(DELETE_FEEDBACK), insight_id, user_id
+            )
         return deleted is not None
 
     async def stats(self, insight_id: str) -> FeedbackStats:

@@ -20,6 +20,7 @@ import asyncpg
 
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.database import Database
+from predictstore.storage.evaluation import EvaluationStore
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,24 @@ DELETE FROM metric_batches
 WHERE ctid = ANY (ARRAY(SELECT ctid FROM metric_batches WHERE commit_time < $1 LIMIT $2))
 """
 
+# Deletes one batch of outcomes recorded before $1 that have no stored prediction: ones
+# whose prediction never arrived, and ones whose prediction retention removed (after
+# predictions, so that those go in the same run).
+DELETE_OLD_UNMATCHED_OUTCOMES = """
+DELETE FROM outcomes
+WHERE ctid = ANY (ARRAY(
+    SELECT o.ctid FROM outcomes AS o
+    WHERE o.record_time < $1
+      AND NOT EXISTS (SELECT FROM predictions AS p WHERE p.prediction_id = o.prediction_id)
+    LIMIT $2
+))
+"""
+
 _ROW_RETENTION = (
     ("feedback", DELETE_OLD_FEEDBACK),
     ("predictions", DELETE_OLD_PREDICTIONS),
     ("metric_batches", DELETE_OLD_METRIC_BATCHES),
+    ("outcomes", DELETE_OLD_UNMATCHED_OUTCOMES),
 )
 
 # TimescaleDB policies: (policy, job proc_name, config key, remove, add)
@@ -134,6 +149,8 @@ class LifecyclePolicy:
     prediction_retention_days: int = 365
     # batch ids younger than this are replayed, not stored again: the dedupe horizon
     batch_dedupe_horizon_s: float = 7 * 86400
+    # outcomes with no stored prediction wait this long for it, then are deleted
+    unmatched_outcome_horizon_s: float = 30 * 86400
     partitions_ahead_days: int = 7
     batch_rows: int = 5000
     max_batches: int = 200
@@ -166,6 +183,8 @@ class MaintenanceReport:
     partitions_dropped: list[str] = field(default_factory=list)
     rows_deleted: list[RowsDeleted] = field(default_factory=list)
     policies_changed: list[PolicyChange] = field(default_factory=list)
+    # dirty evaluation cells recomputed into the rollup
+    evaluation_cells_refreshed: int = 0
 
 
 def _quote_ident(name: str) -> str:
@@ -180,9 +199,13 @@ def _days(days: int) -> timedelta | None:
 class Maintenance:
     """Runs the lifecycle steps for the storage mode of ``db``."""
 
-    def __init__(self, db: Database, policy: LifecyclePolicy) -> None:
+    def __init__(
+        self, db: Database, policy: LifecyclePolicy, *, evaluation_batch_cells: int = 500
+    ) -> None:
         self.db = db
         self.policy = policy
+        self.evaluation = EvaluationStore(db)
+        self.evaluation_batch_cells = evaluation_batch_cells
 
     async def run(self) -> MaintenanceReport:
         """One run under the maintenance lock; returns at once if another session has it."""
@@ -204,6 +227,7 @@ class Maintenance:
                         report.rows_deleted.append(
                             await self._delete_rows(conn, table, statement, keep)
                         )
+                await self._evaluation(conn, report)
             finally:
                 # if this fails (a cancelled run), the pool's reset on release runs
                 # pg_advisory_unlock_all(), and a closed connection holds no lock
@@ -218,10 +242,23 @@ class Maintenance:
                 "partitions_dropped": len(report.partitions_dropped),
                 "rows_deleted": {r.table_name: r.rows_deleted for r in report.rows_deleted},
                 "policies_changed": len(report.policies_changed),
+                "evaluation_cells_refreshed": report.evaluation_cells_refreshed,
                 "duration_s": round(report.duration_s, 3),
             },
         )
         return report
+
+    async def _evaluation(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
+        """Evaluation rollup: rows past prediction retention deleted, dirty cells refreshed."""
+        keep = _days(self.policy.prediction_retention_days)
+        if keep is not None:
+            cutoff = datetime.now(UTC) - keep
+            for table, deleted, complete in await self.evaluation.delete_expired(
+                conn, cutoff, self.policy.batch_rows, self.policy.max_batches
+            ):
+                report.rows_deleted.append(RowsDeleted(table, deleted, complete))
+        refreshed = await self.evaluation.refresh(max_marks=self.evaluation_batch_cells)
+        report.evaluation_cells_refreshed = refreshed.cells
 
     async def _partitions(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
         """PostgreSQL mode: daily partitions ahead, and whole days past retention dropped."""
@@ -278,6 +315,9 @@ class Maintenance:
             return _days(self.policy.feedback_retention_days)
         if table == "predictions":
             return _days(self.policy.prediction_retention_days)
+        if table == "outcomes":
+            horizon = self.policy.unmatched_outcome_horizon_s
+            return timedelta(seconds=horizon) if horizon > 0 else None
         horizon = self.policy.batch_dedupe_horizon_s
         return timedelta(seconds=horizon) if horizon > 0 else None
 

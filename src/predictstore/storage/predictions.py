@@ -12,6 +12,7 @@ import asyncpg
 
 from predictstore.domain.predictions import Forecast, Prediction, PredictionFilter
 from predictstore.errors import AlreadyExists, Unavailable, echo
+from predictstore.storage import invalidation
 from predictstore.storage.database import Database, Params, translate_errors
 
 COLUMNS = (
@@ -151,7 +152,7 @@ class PredictionStore:
         Raises AlreadyExists when the id is taken by a prediction with other content.
         """
         async with self.db.connection() as conn:
-            row = await conn.fetchrow(INSERT_PREDICTION, *_values(p))
+            row = await conn.fetchrow(invalidation.marking_returned(INSERT_PREDICTION), *_values(p))
             if row is not None:
                 return _row_to_prediction(row), True
             row = await conn.fetchrow(SELECT_PREDICTION, p.prediction_id)
@@ -182,7 +183,8 @@ class PredictionStore:
             await conn.copy_records_to_table(
                 "predictions_staging", records=records, columns=BULK_COLUMNS
             )
-            inserted = {r["prediction_id"] for r in await conn.fetch(INSERT_FROM_STAGING)}
+            insert = invalidation.marking_staged(INSERT_FROM_STAGING, "predictions_staging")
+            inserted = {r["prediction_id"] for r in await conn.fetch(insert)}
             taken = [p for p in items if p.prediction_id not in inserted]
             stored = {}
             if taken:

@@ -171,6 +171,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             ],
             start_time=to_timestamp(report.start_time),
             duration=_duration(report.duration_s),
+            evaluation_cells_refreshed=report.evaluation_cells_refreshed,
         )
 
     async def ListAuditEvents(

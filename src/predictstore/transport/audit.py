@@ -5,6 +5,9 @@ The event is written after the mutation commits, on its own: if the audit insert
 (the database went away in between) the caller still gets its answer, and the failure
 is logged in one line once per outage (then counted, and the count logged when audit
 writes work again).
+
+The details are the response's counters (enums by name), plus what a handler notes with
+``note()`` that its response does not say (the value a correction replaced).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -26,6 +30,17 @@ from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewra
 log = logging.getLogger(__name__)
 
 AUDITED_ADMIN_METHODS = ("/predictstore.v1.AdminService/RunMaintenance",)
+
+# The details of the audited call running in this context (None outside of one).
+_call_details: ContextVar[dict[str, Any] | None] = ContextVar("audit_details", default=None)
+
+
+def note(**details: Any) -> None:
+    """Add ``details`` to the audit event of the current call: what the handler knows and
+    its response does not carry. Does nothing outside an audited call."""
+    into = _call_details.get()
+    if into is not None:
+        into.update(details)
 
 
 def is_mutation(method: str) -> bool:
@@ -45,6 +60,9 @@ def _resource(*messages: Any) -> str:
             return f"predictions/{message.prediction.prediction_id}"  # type: ignore[attr-defined]
         if "prediction_id" in names:
             return f"predictions/{message.prediction_id}"  # type: ignore[attr-defined]
+        outcome: Any = getattr(message, "outcome", None) if "outcome" in names else None
+        if isinstance(outcome, Message) and "prediction_id" in outcome.DESCRIPTOR.fields_by_name:
+            return f"outcomes/{outcome.prediction_id}"  # type: ignore[attr-defined]
     return ""
 
 
@@ -57,11 +75,15 @@ def _outcome(exc: BaseException) -> str:
 
 
 def _counts(message: Any, into: dict[str, Any]) -> None:
-    """Add the response's top-level counters (ints) to ``into``, summing across frames."""
+    """Add the response's top-level counters (ints) to ``into``, summing across frames;
+    an enum (what the call did, e.g. OUTCOME_WRITE_CORRECTED) is recorded by name."""
     if not isinstance(message, Message):
         return
     for f, value in message.ListFields():
-        if isinstance(value, int) and not isinstance(value, bool) and f.name != "sequence":
+        if f.enum_type is not None and not f.is_repeated:
+            known = f.enum_type.values_by_number.get(value)
+            into[f.name] = known.name if known is not None else value
+        elif isinstance(value, int) and not isinstance(value, bool) and f.name != "sequence":
             if f.name.startswith("committed_through"):
                 into[f.name] = value
             else:
@@ -126,6 +148,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 details: dict[str, Any] = {}
                 outcome = "OK"
                 response = None
+                token = _call_details.set(details)
                 try:
                     response = await behavior(request, context)
                     _counts(response, details)
@@ -134,6 +157,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     outcome = _outcome(exc)
                     raise
                 finally:
+                    _call_details.reset(token)
                     resource = "stream" if client_streams else _resource(request, response)
                     await self._record(method, resource, outcome, details)
 

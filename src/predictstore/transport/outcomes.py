@@ -3,30 +3,170 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
+from predictstore.domain.outcomes import (
+    Outcome,
+    OutcomeLimits,
+    OutcomeWrite,
+    validate_outcome,
+)
+from predictstore.errors import FieldViolation, InvalidArgument, echo
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
+from predictstore.storage.outcomes import OutcomeStore
+from predictstore.transport import audit
+from predictstore.transport.convert import (
+    dict_to_struct,
+    optional_datetime,
+    struct_to_dict,
+    to_timestamp,
+)
 from predictstore.v1 import evaluation_service_pb2 as pb
+
+# Validated items gathered into one COPY: large COPYs amortise the backend's fixed cost.
+BULK_CHUNK = 10_000
+
+RESULT_TO_PROTO = {
+    OutcomeWrite.CREATED: pb.OUTCOME_WRITE_CREATED,
+    OutcomeWrite.UNCHANGED: pb.OUTCOME_WRITE_UNCHANGED,
+    OutcomeWrite.CORRECTED: pb.OUTCOME_WRITE_CORRECTED,
+}
+
+
+def outcome_from_proto(message: pb.Outcome, prefix: str = "outcome.") -> Outcome:
+    observed = message.WhichOneof("observed")
+    return Outcome(
+        prediction_id=message.prediction_id,
+        value=message.value if observed == "value" else None,
+        label=message.label if observed == "label" else None,
+        observe_time=optional_datetime(message, "observe_time", path=prefix + "observe_time"),
+        metadata=struct_to_dict(message.metadata, prefix + "metadata"),
+    )
+
+
+def outcome_to_proto(o: Outcome) -> pb.Outcome:
+    message = pb.Outcome(prediction_id=o.prediction_id, metadata=dict_to_struct(o.metadata))
+    if o.value is not None:
+        message.value = o.value
+    if o.label is not None:
+        message.label = o.label
+    if o.observe_time is not None:
+        message.observe_time.CopyFrom(to_timestamp(o.observe_time))
+    if o.record_time is not None:
+        message.record_time.CopyFrom(to_timestamp(o.record_time))
+    return message
+
+
+def replaced(o: Outcome) -> dict[str, Any]:
+    """What a correction replaced, for its audit event (metadata left out: it is large)."""
+    details: dict[str, Any] = {}
+    if o.value is not None:
+        details["previous_value"] = o.value
+    if o.label is not None:
+        details["previous_label"] = o.label
+    if o.observe_time is not None:
+        details["previous_observe_time"] = o.observe_time.isoformat()
+    return details
 
 
 class OutcomeWriteHandlers:
     @classmethod
     def from_settings(cls, db: Database, settings: Settings) -> OutcomeWriteHandlers:
-        return cls(db)
+        return cls(
+            OutcomeStore(db),
+            OutcomeLimits(
+                max_id_length=settings.max_id_length, max_payload_bytes=settings.max_payload_bytes
+            ),
+            max_rejections_reported=settings.max_rejections_reported,
+        )
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(
+        self, store: OutcomeStore, limits: OutcomeLimits, *, max_rejections_reported: int
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.max_rejections_reported = max_rejections_reported
 
     async def record_outcome(
         self, request: pb.RecordOutcomeRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordOutcomeResponse:
-        raise NotImplementedError("RecordOutcome is not implemented yet")
+        if not request.HasField("outcome"):
+            raise InvalidArgument([FieldViolation("outcome", "is required")])
+        outcome = outcome_from_proto(request.outcome)
+        if violations := validate_outcome(outcome, self.limits):
+            raise InvalidArgument(violations)
+        written = await self.store.record(outcome)
+        if written.previous is not None:
+            audit.note(**replaced(written.previous))
+        return pb.RecordOutcomeResponse(
+            outcome=outcome_to_proto(written.outcome),
+            result=RESULT_TO_PROTO[written.result],
+            matched=written.matched,
+        )
 
     async def batch_record_outcomes(
         self,
         request_iterator: AsyncIterator[pb.BatchRecordOutcomesRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.BatchRecordOutcomesResponse:
-        raise NotImplementedError("BatchRecordOutcomes is not implemented yet")
+        """Items apply in stream order. A group of items with distinct ids is written by
+        one COPY; a later item for a pending id that repeats it exactly is unchanged, one
+        that differs first writes the group, then replaces the earlier item (corrected)."""
+        reply = pb.BatchRecordOutcomesResponse()
+        pending: dict[str, Outcome] = {}
+        # later items of the group identical to a pending one, per id: they settle with it
+        replays: dict[str, int] = {}
+
+        def reject(index: int, prediction_id: str, field: str, reason: str) -> None:
+            reply.rejected_count += 1
+            if len(reply.rejected) < self.max_rejections_reported:
+                reply.rejected.append(
+                    pb.RejectedOutcome(
+                        index=index,
+                        # an id too long to be valid is echoed cut, to keep the reply bounded
+                        prediction_id=echo(prediction_id, self.limits.max_id_length),
+                        field=field,
+                        reason=reason,
+                    )
+                )
+
+        async def flush() -> None:
+            result = await self.store.record_many(list(pending.values()))
+            reply.created_count += result.created
+            reply.unchanged_count += result.unchanged + sum(replays.values())
+            reply.corrected_count += result.corrected
+            reply.unmatched_count += sum(1 + replays.get(pid, 0) for pid in result.unmatched)
+            pending.clear()
+            replays.clear()
+
+        index = 0
+        async for message in request_iterator:
+            for item in message.outcomes:
+                try:
+                    outcome = outcome_from_proto(item, prefix="")
+                    violations = validate_outcome(outcome, self.limits, prefix="")
+                except InvalidArgument as exc:
+                    outcome = Outcome(item.prediction_id)
+                    violations = list(exc.violations)
+                if violations:
+                    for v in violations:
+                        reject(index, outcome.prediction_id, v.field, v.description)
+                else:
+                    pid = outcome.prediction_id
+                    earlier = pending.get(pid)
+                    if earlier is not None and earlier.same_content(outcome):
+                        replays[pid] = replays.get(pid, 0) + 1
+                    else:
+                        if earlier is not None:
+                            # the earlier item is stored first: this one then corrects it
+                            await flush()
+                        pending[pid] = outcome
+                index += 1
+                if len(pending) >= BULK_CHUNK:
+                    await flush()
+        if pending:
+            await flush()
+        return reply

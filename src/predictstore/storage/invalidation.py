@@ -1,0 +1,100 @@
+"""The invalidation log (evaluation_dirty): the SQL every writer uses to mark the cells
+its write changes, in the same transaction as the write.
+
+A cell's mark is (model_name, model_version, basis, hour): basis 1 is the hour of the
+prediction's create_time, basis 2 the hour of its target_time (none without one), both
+truncated in UTC. A write that changes what a cell holds (a prediction stored, an outcome
+created or corrected, feedback on a prediction) inserts its marks with ON CONFLICT DO
+NOTHING; the refresher recomputes marked cells and deletes their marks, and a read takes
+marked cells from the raw rows, so evaluations stay exact whatever the refresher's lag.
+
+Marks are inserted in key order (byte order: any fixed order does, and it sorts fastest),
+so two writers marking overlapping cells wait on each other in one order and never
+deadlock.
+
+Most writers wrap their own statement (a data-modifying CTE): the mark costs no round
+trip and cannot be committed without the write, nor the write without the mark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+
+def insert_marks(source: str) -> str:
+    """An INSERT of the marks of the predictions ``source`` selects: a query with the
+    columns model_name, model_version, create_time and target_time."""
+    return f"""
+INSERT INTO evaluation_dirty (model_name, model_version, basis, hour)
+SELECT DISTINCT p.model_name COLLATE "C", p.model_version COLLATE "C", c.basis, c.hour
+FROM ({source}) AS p
+CROSS JOIN LATERAL (
+    VALUES (1::smallint, date_trunc('hour', p.create_time, 'UTC')),
+           (2::smallint, date_trunc('hour', p.target_time, 'UTC'))
+) AS c (basis, hour)
+WHERE c.hour IS NOT NULL
+ORDER BY 1, 2, 3, 4
+ON CONFLICT DO NOTHING
+"""
+
+
+# Marks the cells of the stored predictions among the ids $1; returns their ids.
+MARK_STORED_PREDICTIONS = f"""
+WITH p AS (
+    SELECT prediction_id, model_name, model_version, create_time, target_time
+    FROM predictions
+    WHERE prediction_id = ANY ($1::text[])
+), marked AS ({insert_marks("SELECT * FROM p")})
+SELECT prediction_id FROM p
+"""
+
+
+def marking_returned(write: str) -> str:
+    """``write`` (a statement RETURNING prediction rows: model_name, model_version,
+    create_time, target_time) made to also mark the cells of the rows it returns.
+    The result is ``write``'s own."""
+    return f"""
+WITH written AS ({write}), marked AS ({insert_marks("SELECT * FROM written")})
+SELECT * FROM written
+"""
+
+
+def marking_staged(write: str, staging: str) -> str:
+    """``write`` (an INSERT into predictions from the ``staging`` table, RETURNING
+    prediction_id) made to also mark the cells of the rows it inserted, from their staged
+    copies: a sibling CTE does not see the rows its statement inserts. Their create_time
+    is the transaction's now(), as the INSERT sets it. The result is ``write``'s own."""
+    source = (
+        "SELECT s.model_name, s.model_version, now() AS create_time, s.target_time "
+        f"FROM {staging} AS s JOIN written AS w "
+        # byte order: equality is the same, and sorting for a merge join is cheaper
+        'ON s.prediction_id COLLATE "C" = w.prediction_id COLLATE "C"'
+    )
+    return f"""
+WITH written AS ({write}), marked AS ({insert_marks(source)})
+SELECT * FROM written
+"""
+
+
+def marking_prediction(write: str, prediction_id: str = "$1") -> str:
+    """``write`` made to also mark the cells of the stored prediction whose id is the
+    parameter ``prediction_id``, when ``write`` returns a row (changed something). For
+    writes to other tables keyed by a prediction's id (feedback's insight_id)."""
+    source = (
+        "SELECT model_name, model_version, create_time, target_time FROM predictions "
+        f"WHERE prediction_id = {prediction_id} AND EXISTS (SELECT FROM written)"
+    )
+    return f"""
+WITH written AS ({write}), marked AS ({insert_marks(source)})
+SELECT * FROM written
+"""
+
+
+async def mark_stored_predictions(conn: asyncpg.Connection, ids: Sequence[str]) -> set[str]:
+    """Mark the cells of the predictions among ``ids`` that are stored; returns their ids."""
+    if not ids:
+        return set()
+    rows = await conn.fetch(MARK_STORED_PREDICTIONS, list(ids))
+    return {r["prediction_id"] for r in rows}

@@ -1,0 +1,204 @@
+"""The invalidation log against a real database: every kind of write leaves the dirty
+marks of the cells it changed, and only with the write (same transaction)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from predictstore.domain.feedback import Feedback
+from predictstore.domain.outcomes import Outcome, OutcomeWrite
+from predictstore.domain.predictions import Forecast, Prediction
+from predictstore.errors import InvalidArgument
+from predictstore.storage.database import Database
+from predictstore.storage.feedback import FeedbackStore
+from predictstore.storage.outcomes import OutcomeStore
+from predictstore.storage.predictions import PredictionStore
+
+TARGET = datetime(2026, 11, 30, 17, 45, 12, tzinfo=UTC)
+OBSERVED = datetime(2026, 11, 30, 18, 5, tzinfo=UTC)
+
+Mark = tuple[str, str, int, datetime]
+
+
+def prediction(
+    pid: str, *, model: str = "m", version: str = "1", target: bool = True
+) -> Prediction:
+    return Prediction(
+        prediction_id=pid,
+        user_id="u",
+        prediction_type="demand",
+        forecast=Forecast(10.0, 8.0, 12.0),
+        model_name=model,
+        model_version=version,
+        target_time=TARGET if target else None,
+    )
+
+
+def hour(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+async def marks(db: Database) -> set[Mark]:
+    rows = await db.pool.fetch(
+        "SELECT model_name, model_version, basis, hour FROM evaluation_dirty"
+    )
+    return {(r[0], r[1], r[2], r[3].astimezone(UTC)) for r in rows}
+
+
+async def cells(db: Database, *ids: str) -> set[Mark]:
+    """The cells of stored predictions, computed here from what the store returns."""
+    store = PredictionStore(db)
+    found: set[Mark] = set()
+    for pid in ids:
+        p = await store.get(pid)
+        assert p is not None
+        assert p.create_time is not None
+        found.add((p.model_name, p.model_version, 1, hour(p.create_time)))
+        if p.target_time is not None:
+            found.add((p.model_name, p.model_version, 2, hour(p.target_time)))
+    return found
+
+
+async def clear(db: Database) -> None:
+    await db.pool.execute("DELETE FROM evaluation_dirty")
+
+
+def outcome(pid: str, value: float = 11.0) -> Outcome:
+    return Outcome(pid, value=value, observe_time=OBSERVED, metadata={"by": "test"})
+
+
+async def test_a_created_prediction_marks_both_its_cells(db: Database) -> None:
+    store = PredictionStore(db)
+    await store.create(prediction("a"))
+    await store.create(prediction("b", model="other", target=False))
+    found = await marks(db)
+    assert found == await cells(db, "a", "b")
+    assert ("m", "1", 2, hour(TARGET)) in found
+    assert not any(m[0] == "other" and m[2] == 2 for m in found)  # no target time: no cell
+
+
+async def test_a_retried_create_marks_nothing(db: Database) -> None:
+    store = PredictionStore(db)
+    await store.create(prediction("a"))
+    await store.create_many([prediction("b")])
+    await clear(db)
+    await store.create(prediction("a"))
+    result = await store.create_many([prediction("b")])
+    assert result.existing == ["b"]
+    assert await marks(db) == set()
+
+
+async def test_a_bulk_create_marks_the_cells_of_the_created_predictions(db: Database) -> None:
+    store = PredictionStore(db)
+    await store.create(prediction("old", version="0"))
+    await clear(db)
+    items = [prediction(f"p{i}", version=str(i % 3), target=i % 2 == 0) for i in range(20)]
+    result = await store.create_many([*items, prediction("old", version="0")])
+    assert len(result.created) == 20
+    assert await marks(db) == await cells(db, *result.created)
+
+
+async def test_an_outcome_marks_its_prediction_when_created_or_corrected(db: Database) -> None:
+    await PredictionStore(db).create(prediction("a"))
+    expected = await cells(db, "a")
+    store = OutcomeStore(db)
+    for value, result in ((11.0, OutcomeWrite.CREATED), (11.0, OutcomeWrite.UNCHANGED)):
+        await clear(db)
+        written = await store.record(outcome("a", value))
+        assert (written.result, written.matched) == (result, True)
+        assert await marks(db) == (expected if result is OutcomeWrite.CREATED else set())
+    await clear(db)
+    written = await store.record(outcome("a", 12.5))
+    assert written.result is OutcomeWrite.CORRECTED
+    assert written.previous is not None
+    assert written.previous.value == 11.0
+    assert await marks(db) == expected
+
+
+async def test_an_unmatched_outcome_marks_nothing_until_its_prediction_comes(
+    db: Database,
+) -> None:
+    written = await OutcomeStore(db).record(outcome("later"))
+    assert (written.result, written.matched) == (OutcomeWrite.CREATED, False)
+    assert await marks(db) == set()
+    await PredictionStore(db).create(prediction("later"))
+    assert await marks(db) == await cells(db, "later")
+
+
+async def test_a_bulk_record_marks_the_predictions_of_changed_outcomes(db: Database) -> None:
+    predictions = PredictionStore(db)
+    await predictions.create_many([prediction(f"p{i}", version=str(i)) for i in range(4)])
+    store = OutcomeStore(db)
+    await store.record(outcome("p0"))
+    await store.record(outcome("p1"))
+    await clear(db)
+    result = await store.record_many(
+        [outcome("p0"), outcome("p1", 99.0), outcome("p2"), outcome("nowhere")]
+    )
+    assert (result.created, result.unchanged, result.corrected) == (2, 1, 1)
+    assert result.unmatched == {"nowhere"}
+    assert await marks(db) == await cells(db, "p1", "p2")
+
+
+async def test_feedback_on_a_prediction_marks_its_cells(db: Database) -> None:
+    await PredictionStore(db).create(prediction("a"))
+    expected = await cells(db, "a")
+    store = FeedbackStore(db)
+    await clear(db)
+    await store.submit(Feedback("a", "u1", rating=4))
+    await store.submit(Feedback("not-a-prediction", "u1", rating=4))
+    assert await marks(db) == expected
+    await clear(db)
+    assert not await store.delete("a", "someone-else")
+    assert await marks(db) == set()
+    assert await store.delete("a", "u1")
+    assert await marks(db) == expected
+
+
+# -- a failed write leaves no mark, a failed mark leaves no write -------------------------
+
+
+async def test_a_failed_bulk_create_leaves_no_mark(db: Database) -> None:
+    await db.pool.execute(
+        "ALTER TABLE predictions ADD CONSTRAINT test_no_boom CHECK (prediction_id <> 'boom')"
+    )
+    with pytest.raises(InvalidArgument):
+        await PredictionStore(db).create_many([prediction("fine"), prediction("boom")])
+    assert await marks(db) == set()
+    assert await db.pool.fetchval("SELECT count(*) FROM predictions") == 0
+
+
+async def test_a_failed_bulk_record_leaves_no_mark(db: Database) -> None:
+    await PredictionStore(db).create_many([prediction("fine"), prediction("boom")])
+    await clear(db)
+    await db.pool.execute(
+        "ALTER TABLE outcomes ADD CONSTRAINT test_no_boom CHECK (prediction_id <> 'boom')"
+    )
+    with pytest.raises(InvalidArgument):
+        await OutcomeStore(db).record_many([outcome("fine"), outcome("boom")])
+    assert await marks(db) == set()
+    assert await db.pool.fetchval("SELECT count(*) FROM outcomes") == 0
+
+
+async def test_writes_whose_marks_fail_are_not_stored(db: Database) -> None:
+    """A mark that cannot be written takes its write down with it: one transaction."""
+    await PredictionStore(db).create(prediction("poison", model="poison"))
+    await db.pool.execute(
+        "ALTER TABLE evaluation_dirty ADD CONSTRAINT test_no_poison CHECK (model_name <> 'poison')"
+        " NOT VALID"
+    )
+    with pytest.raises(InvalidArgument):
+        await PredictionStore(db).create(prediction("poison-2", model="poison"))
+    with pytest.raises(InvalidArgument):
+        await PredictionStore(db).create_many([prediction("poison-3", model="poison")])
+    with pytest.raises(InvalidArgument):
+        await OutcomeStore(db).record(outcome("poison"))
+    with pytest.raises(InvalidArgument):
+        await OutcomeStore(db).record_many([outcome("poison")])
+    with pytest.raises(InvalidArgument):
+        await FeedbackStore(db).submit(Feedback("poison", "u1", rating=1))
+    assert await db.pool.fetchval("SELECT count(*) FROM predictions") == 1
+    assert await db.pool.fetchval("SELECT count(*) FROM outcomes") == 0
+    assert await db.pool.fetchval("SELECT count(*) FROM feedback") == 0
