@@ -153,6 +153,9 @@ async def test_run_maintenance_reports_what_it_did(admin: AdminServiceStub, db: 
         "metric_batches",
         "outcomes",
         "predictions",
+        "evaluation_rollup",
+        "evaluation_rollup_labels",
+        "evaluation_rollup_bins",
     }
     assert all(r.complete and r.rows_deleted == 0 for r in reply.rows_deleted)
     if db.mode == "timescaledb":
