@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,40 +134,58 @@ class OutcomeWriteHandlers:
                     )
                 )
 
-        async def flush() -> None:
-            result = await self.store.record_many(list(pending.values()))
-            reply.created_count += result.created
-            reply.unchanged_count += result.unchanged + sum(replays.values())
-            reply.corrected_count += result.corrected
-            reply.unmatched_count += sum(1 + replays.get(pid, 0) for pid in result.unmatched)
-            pending.clear()
-            replays.clear()
+        # the group being written while the next one is decoded: one in flight, so
+        # groups commit in stream order and each group's read sees the one before it
+        in_flight: asyncio.Task[None] | None = None
 
-        index = 0
-        async for message in request_iterator:
-            for item in message.outcomes:
-                try:
-                    outcome = outcome_from_proto(item, prefix="")
-                    violations = validate_outcome(outcome, self.limits, prefix="")
-                except InvalidArgument as exc:
-                    outcome = Outcome(item.prediction_id)
-                    violations = list(exc.violations)
-                if violations:
-                    for v in violations:
-                        reject(index, outcome.prediction_id, v.field, v.description)
-                else:
-                    pid = outcome.prediction_id
-                    earlier = pending.get(pid)
-                    if earlier is not None and earlier.same_content(outcome):
-                        replays[pid] = replays.get(pid, 0) + 1
+        async def write(group: list[Outcome], repeats: dict[str, int]) -> None:
+            result = await self.store.record_many(group)
+            reply.created_count += result.created
+            reply.unchanged_count += result.unchanged + sum(repeats.values())
+            reply.corrected_count += result.corrected
+            reply.unmatched_count += sum(1 + repeats.get(pid, 0) for pid in result.unmatched)
+
+        async def flush() -> None:
+            nonlocal pending, replays, in_flight
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                await task
+            in_flight = asyncio.ensure_future(write(list(pending.values()), replays))
+            pending, replays = {}, {}
+
+        try:
+            index = 0
+            async for message in request_iterator:
+                for item in message.outcomes:
+                    try:
+                        outcome = outcome_from_proto(item, prefix="")
+                        violations = validate_outcome(outcome, self.limits, prefix="")
+                    except InvalidArgument as exc:
+                        outcome = Outcome(item.prediction_id)
+                        violations = list(exc.violations)
+                    if violations:
+                        for v in violations:
+                            reject(index, outcome.prediction_id, v.field, v.description)
                     else:
-                        if earlier is not None:
-                            # the earlier item is stored first: this one then corrects it
-                            await flush()
-                        pending[pid] = outcome
-                index += 1
-                if len(pending) >= BULK_CHUNK:
-                    await flush()
-        if pending:
-            await flush()
+                        pid = outcome.prediction_id
+                        earlier = pending.get(pid)
+                        if earlier is not None and earlier.same_content(outcome):
+                            replays[pid] = replays.get(pid, 0) + 1
+                        else:
+                            if earlier is not None:
+                                # the earlier item is stored first: this one then corrects it
+                                await flush()
+                            pending[pid] = outcome
+                    index += 1
+                    if len(pending) >= BULK_CHUNK:
+                        await flush()
+            if pending:
+                await flush()
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                await task
+        finally:
+            if in_flight is not None:  # the stream failed: the group in flight is cancelled
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
         return reply
