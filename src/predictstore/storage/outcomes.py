@@ -175,6 +175,7 @@ def _copy_payload(items: Sequence[Outcome]) -> bytes:
     pass, since the pool's text-format jsonb codec cannot fill a jsonb column by COPY."""
     parts = [_COPY_HEADER]
     append = parts.append
+    dumped: dict[int, bytes] = {}  # by id(): every item (so its metadata) outlives the call
     for o in items:
         pid = o.prediction_id.encode()
         append(_ROW_START(5, len(pid)))
@@ -188,7 +189,9 @@ def _copy_payload(items: Sequence[Outcome]) -> bytes:
             append(label)
         assert o.observe_time is not None  # validated
         append(_TIME(8, (o.observe_time - _PG_EPOCH) // _MICROSECOND))
-        metadata = _dump(o.metadata).encode()
+        metadata = dumped.get(id(o.metadata))
+        if metadata is None:  # items often share one metadata object
+            metadata = dumped[id(o.metadata)] = _dump(o.metadata).encode()
         append(_JSONB(len(metadata) + 1, 1))
         append(metadata)
     append(_COPY_TRAILER)
