@@ -202,3 +202,31 @@ async def test_writes_whose_marks_fail_are_not_stored(db: Database) -> None:
     assert await db.pool.fetchval("SELECT count(*) FROM predictions") == 1
     assert await db.pool.fetchval("SELECT count(*) FROM outcomes") == 0
     assert await db.pool.fetchval("SELECT count(*) FROM feedback") == 0
+
+
+async def test_a_bulk_record_racing_another_writer_on_a_fresh_id_settles_each_id(
+    db: Database,
+) -> None:
+    """An outcome stored by another writer after the bulk record read the stored ones
+    makes its direct COPY fail on the key; the items then settle one by one, exactly."""
+    await PredictionStore(db).create_many([prediction(f"r{i}", version=str(i)) for i in range(3)])
+    store = OutcomeStore(db)
+    await store.record(outcome("r0"))
+    await clear(db)
+
+    class Racing(OutcomeStore):
+        async def _write(self, conn, fresh, changed):  # type: ignore[no-untyped-def]
+            if fresh:  # another writer takes a fresh id first, with another value
+                await OutcomeStore(db).record(outcome(fresh[0].prediction_id, 50.0))
+            return await super()._write(conn, fresh, changed)
+
+    result = await Racing(db).record_many(
+        [outcome("r0"), outcome("r1", 12.0), outcome("r2"), outcome("elsewhere")]
+    )
+    # r0 unchanged; r1 was stored with 50 by the other writer: this one corrects it;
+    # r2 and elsewhere are created
+    assert (result.created, result.unchanged, result.corrected) == (2, 1, 1)
+    assert result.unmatched == {"elsewhere"}
+    stored = await store.record(outcome("r1", 12.0))
+    assert stored.result is OutcomeWrite.UNCHANGED
+    assert await marks(db) == await cells(db, "r1", "r2")

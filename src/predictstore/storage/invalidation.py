@@ -41,14 +41,35 @@ ON CONFLICT DO NOTHING
 """
 
 
-# Marks the cells of the stored predictions among the ids $1; returns their ids.
+def stored_predictions(ids: str) -> str:
+    """The stored predictions whose id is among ``ids`` (an SQL text[] expression), with
+    the columns their marks need: prediction_id, model_name, model_version, create_time
+    and target_time.
+
+    Every lookup of predictions by id goes through here, so a change of how predictions
+    are keyed (a table of ids beside partitions by day) is made in one place. It relies on
+    an index on prediction_id, not on it being the table's primary key.
+    """
+    return f"""
+SELECT prediction_id, model_name, model_version, create_time, target_time
+FROM predictions
+WHERE prediction_id = ANY ({ids})
+"""
+
+
+# Marks the cells of the stored predictions among the ids $1; returns the other ids (one
+# array, usually empty: a row per id found would cost more to send than to look up).
 MARK_STORED_PREDICTIONS = f"""
-WITH p AS (
-    SELECT prediction_id, model_name, model_version, create_time, target_time
-    FROM predictions
-    WHERE prediction_id = ANY ($1::text[])
-), marked AS ({insert_marks("SELECT * FROM p")})
-SELECT prediction_id FROM p
+WITH p AS ({stored_predictions("$1::text[]")}), marked AS ({insert_marks("SELECT * FROM p")})
+SELECT ARRAY(SELECT i FROM unnest($1::text[]) AS i
+             WHERE i NOT IN (SELECT prediction_id FROM p)) AS missing
+"""
+
+# The ids among $1 of no stored prediction (for outcomes that mark nothing: unchanged).
+MISSING_PREDICTIONS = f"""
+WITH p AS ({stored_predictions("$1::text[]")})
+SELECT ARRAY(SELECT i FROM unnest($1::text[]) AS i
+             WHERE i NOT IN (SELECT prediction_id FROM p)) AS missing
 """
 
 
@@ -84,8 +105,8 @@ def marking_prediction(write: str, prediction_id: str = "$1") -> str:
     parameter ``prediction_id``, when ``write`` returns a row (changed something). For
     writes to other tables keyed by a prediction's id (feedback's insight_id)."""
     source = (
-        "SELECT model_name, model_version, create_time, target_time FROM predictions "
-        f"WHERE prediction_id = {prediction_id} AND EXISTS (SELECT FROM written)"
+        f"SELECT * FROM ({stored_predictions(f'ARRAY[{prediction_id}::text]')}) AS p "
+        "WHERE EXISTS (SELECT FROM written)"
     )
     return f"""
 WITH written AS ({write}), marked AS ({insert_marks(source)})
@@ -122,5 +143,12 @@ async def mark_stored_predictions(conn: asyncpg.Connection, ids: Sequence[str]) 
     """Mark the cells of the predictions among ``ids`` that are stored; returns their ids."""
     if not ids:
         return set()
-    rows = await conn.fetch(MARK_STORED_PREDICTIONS, list(ids))
-    return {r["prediction_id"] for r in rows}
+    missing = await conn.fetchval(MARK_STORED_PREDICTIONS, list(ids))
+    return set(ids).difference(missing)
+
+
+async def missing_predictions(conn: asyncpg.Connection, ids: Sequence[str]) -> set[str]:
+    """The ids among ``ids`` of no stored prediction; marks nothing."""
+    if not ids:
+        return set()
+    return set(await conn.fetchval(MISSING_PREDICTIONS, list(ids)))

@@ -12,8 +12,10 @@ fall, one of the writers then sees the other and the cell is marked.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import struct
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -51,26 +53,25 @@ RETURNING {COLUMNS}
 """
 
 # Whether a prediction is stored (an unchanged outcome marks nothing, but says matched).
-PREDICTION_STORED = "SELECT EXISTS (SELECT FROM predictions WHERE prediction_id = $1)"
+PREDICTION_STORED = f"SELECT EXISTS ({invalidation.stored_predictions('ARRAY[$1::text]')})"
 
-# A session-local landing area for COPY: metadata stays text here, cast once in the upsert.
-CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS outcomes_staging (
-    prediction_id text, observed_value float8, observed_label text,
-    observe_time timestamptz, metadata text
-) ON COMMIT DELETE ROWS
-"""
+# The stored outcomes among the ids $1: a bulk record copies the other ids' items
+# straight into outcomes and compares these with theirs.
+SELECT_OUTCOMES = f"SELECT {COLUMNS} FROM outcomes WHERE prediction_id = ANY ($1::text[])"
 
-# Moves the staged outcomes (distinct ids) into outcomes: new ones inserted, different
-# ones replaced, identical ones left alone (in id order, so that concurrent loads lock
-# rows in one order); marks the cells of the stored predictions of the rows written.
-# Returns the counts of created and corrected rows and the staged ids with no prediction.
-UPSERT_FROM_STAGING = f"""
+# Upserts the outcomes given as columns ($1 ids .. $5 metadata as JSON text): new ones
+# inserted, different ones replaced, identical ones left alone (in id order, so that
+# concurrent writers lock rows in one order); marks the cells of the stored predictions
+# of the rows written. Returns each row written, whether it was created, and whether its
+# prediction is stored.
+UPSERT_OUTCOMES = f"""
 WITH written AS (
     INSERT INTO outcomes AS o ({COLUMNS})
-    SELECT prediction_id, observed_value, observed_label, observe_time, metadata::jsonb, now()
-    FROM outcomes_staging
-    ORDER BY prediction_id
+    SELECT i.prediction_id, i.observed_value, i.observed_label, i.observe_time,
+           i.metadata::jsonb, now()
+    FROM unnest($1::text[], $2::float8[], $3::text[], $4::timestamptz[], $5::text[])
+         AS i (prediction_id, observed_value, observed_label, observe_time, metadata)
+    ORDER BY i.prediction_id
     ON CONFLICT (prediction_id) DO UPDATE
     SET observed_value = EXCLUDED.observed_value,
         observed_label = EXCLUDED.observed_label,
@@ -82,17 +83,23 @@ WITH written AS (
                             EXCLUDED.observe_time, EXCLUDED.metadata)
     RETURNING o.prediction_id, (o.xmax = 0) AS created
 ), matched AS (
-    SELECT prediction_id, model_name, model_version, create_time, target_time
-    FROM predictions
-    WHERE prediction_id IN (SELECT prediction_id FROM outcomes_staging)
-), marked AS ({
-    invalidation.insert_marks("SELECT m.* FROM matched AS m JOIN written USING (prediction_id)")
-})
-SELECT (SELECT count(*) FROM written WHERE created) AS created,
-       (SELECT count(*) FROM written WHERE NOT created) AS corrected,
-       ARRAY(SELECT prediction_id FROM outcomes_staging
-             EXCEPT SELECT prediction_id FROM matched) AS unmatched
+    {invalidation.stored_predictions("ARRAY(SELECT prediction_id FROM written)")}
+), marked AS ({invalidation.insert_marks("SELECT * FROM matched")})
+SELECT w.prediction_id, w.created, m.prediction_id IS NOT NULL AS matched
+FROM written AS w LEFT JOIN matched AS m USING (prediction_id)
 """
+
+# Binary COPY framing (PostgreSQL's COPY BINARY format) and timestamptz's epoch.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_ROW_START = struct.Struct(">hi").pack  # 5 columns, then the id's length
+_VALUE = struct.Struct(">id").pack
+_TEXT_LENGTH = struct.Struct(">i").pack
+_NULL = _TEXT_LENGTH(-1)
+_TIME = struct.Struct(">iq").pack
+_JSONB = struct.Struct(">ib").pack  # length, then jsonb's version byte (1)
 
 
 @dataclass(slots=True)
@@ -122,6 +129,77 @@ def _row_to_outcome(row: asyncpg.Record) -> Outcome:
 
 def _values(o: Outcome) -> tuple[Any, ...]:
     return (o.prediction_id, o.value, o.label, o.observe_time, o.metadata)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two decoded JSON documents are equal as jsonb compares them: Python's ==
+    with booleans kept apart from numbers (True == 1 in Python, not in jsonb)."""
+    if type(a) is bool or type(b) is bool:
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_same_json(v, b[k]) for k, v in a.items())
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
+    return bool(a == b)
+
+
+def _is_stored(o: Outcome, row: asyncpg.Record) -> bool:
+    """Whether ``row`` (a stored outcome) holds exactly ``o``: recording ``o`` changes
+    nothing. Only a sure "yes" counts; anything else is left to the upsert to decide."""
+    return (
+        o.value == row["observed_value"]
+        and o.label == row["observed_label"]
+        and o.observe_time == row["observe_time"]
+        and o.metadata == row["metadata"]
+        and _same_json(o.metadata, row["metadata"])
+    )
+
+
+def _columns(items: Sequence[Outcome]) -> tuple[list[Any], ...]:
+    """``items`` as the column arrays UPSERT_OUTCOMES takes."""
+    return (
+        [o.prediction_id for o in items],
+        [o.value for o in items],
+        [o.label for o in items],
+        [o.observe_time for o in items],
+        [_dump(o.metadata) for o in items],
+    )
+
+
+def _copy_payload(items: Sequence[Outcome]) -> bytes:
+    """``items`` in COPY's binary format for the columns WRITE_COLUMNS: built here in one
+    pass, since the pool's text-format jsonb codec cannot fill a jsonb column by COPY."""
+    parts = [_COPY_HEADER]
+    append = parts.append
+    dumped: dict[int, bytes] = {}  # by id(): every item (so its metadata) outlives the call
+    for o in items:
+        pid = o.prediction_id.encode()
+        append(_ROW_START(5, len(pid)))
+        append(pid)
+        append(_NULL if o.value is None else _VALUE(8, o.value))
+        if o.label is None:
+            append(_NULL)
+        else:
+            label = o.label.encode()
+            append(_TEXT_LENGTH(len(label)))
+            append(label)
+        assert o.observe_time is not None  # validated
+        append(_TIME(8, (o.observe_time - _PG_EPOCH) // _MICROSECOND))
+        metadata = dumped.get(id(o.metadata))
+        if metadata is None:  # items often share one metadata object
+            metadata = dumped[id(o.metadata)] = _dump(o.metadata).encode()
+        append(_JSONB(len(metadata) + 1, 1))
+        append(metadata)
+    append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+async def _once(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
 
 
 class OutcomeStore:
@@ -158,31 +236,70 @@ class OutcomeStore:
         return RecordedOutcome(_row_to_outcome(row), result, matched, previous)
 
     async def record_many(self, items: Sequence[Outcome]) -> BulkOutcomes:
-        """Store ``items`` (distinct prediction ids) by one COPY and one upsert.
+        """Store ``items`` (distinct prediction ids) at the speed of COPY.
 
-        COPY into a temporary staging table and one INSERT ... ON CONFLICT DO UPDATE that
-        only updates rows whose content differs keep the per-id idempotency of
-        ``record`` at the speed of COPY; the upsert tells created from corrected.
+        The stored outcomes of the ids are read first. Items whose id has none are
+        copied straight into outcomes (binary COPY: no staging table, no per-row
+        conflict check); items identical to the stored outcome are unchanged as of that
+        read and write nothing; the rest go through one upsert that only replaces rows
+        whose content differs, which tells created from corrected. Dirty marks are
+        inserted for the rows written only, in the same transaction.
+
+        An outcome stored by another writer between the read and the COPY fails the
+        COPY on the primary key, which undoes the whole transaction; the items are then
+        written by the upsert alone, which settles each id on its own. Either way each
+        item counts exactly once as created, unchanged or corrected.
         """
         result = BulkOutcomes()
         if not items:
             return result
-        records = [
-            (o.prediction_id, o.value, o.label, o.observe_time, _dump(o.metadata)) for o in items
-        ]
         async with self.db.connection() as conn:
-            async with conn.transaction():
-                await conn.execute(CREATE_STAGING)
-                await conn.copy_records_to_table(
-                    "outcomes_staging", records=records, columns=WRITE_COLUMNS
-                )
-                row = await conn.fetchrow(UPSERT_FROM_STAGING)
-            unmatched = set(row["unmatched"])
+            found = await conn.fetch(SELECT_OUTCOMES, [o.prediction_id for o in items])
+            stored = {r["prediction_id"]: r for r in found}
+            fresh: list[Outcome] = []
+            changed: list[Outcome] = []
+            for o in items:
+                row = stored.get(o.prediction_id)
+                if row is None:
+                    fresh.append(o)
+                elif not _is_stored(o, row):
+                    changed.append(o)
+            try:
+                written = await self._write(conn, fresh, changed)
+            except asyncpg.UniqueViolationError:
+                # another writer stored one of the fresh ids since the read
+                written = await self._write(conn, [], items)
+            result.created = sum(1 for w in written.values() if w[0])
+            result.corrected = len(written) - result.created
+            result.unchanged = len(items) - len(written)
+            unmatched = {pid for pid, w in written.items() if not w[1]}
             if unmatched:
                 # after the commit: see the module docstring
                 unmatched -= await invalidation.mark_stored_predictions(conn, sorted(unmatched))
-        result.created = row["created"]
-        result.corrected = row["corrected"]
-        result.unchanged = len(items) - result.created - result.corrected
+            left = [o.prediction_id for o in items if o.prediction_id not in written]
+            if left:
+                unmatched |= await invalidation.missing_predictions(conn, left)
         result.unmatched = unmatched
         return result
+
+    async def _write(
+        self, conn: asyncpg.Connection, fresh: Sequence[Outcome], changed: Sequence[Outcome]
+    ) -> dict[str, tuple[bool, bool]]:
+        """Copy ``fresh`` into outcomes, upsert ``changed``, mark the cells of the rows
+        written, in one transaction. Returns, per id written, (created, matched)."""
+        written: dict[str, tuple[bool, bool]] = {}
+        async with conn.transaction():
+            if fresh:
+                await conn.copy_to_table(
+                    "outcomes",
+                    source=_once(_copy_payload(fresh)),
+                    columns=WRITE_COLUMNS,
+                    format="binary",
+                )
+                ids = [o.prediction_id for o in fresh]
+                matched = await invalidation.mark_stored_predictions(conn, ids)
+                written = {pid: (True, pid in matched) for pid in ids}
+            if changed:
+                for r in await conn.fetch(UPSERT_OUTCOMES, *_columns(changed)):
+                    written[r["prediction_id"]] = (r["created"], r["matched"])
+        return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,10 @@ from predictstore.v1 import evaluation_service_pb2 as pb
 # Validated items gathered into one COPY: large COPYs amortise the backend's fixed cost.
 BULK_CHUNK = 10_000
 
+# While a group is written, decoding hands the event loop over this often (items): each
+# of the write's statements then starts as soon as the one before it has answered.
+YIELD_EVERY = 500
+
 RESULT_TO_PROTO = {
     OutcomeWrite.CREATED: pb.OUTCOME_WRITE_CREATED,
     OutcomeWrite.UNCHANGED: pb.OUTCOME_WRITE_UNCHANGED,
@@ -36,14 +41,36 @@ RESULT_TO_PROTO = {
 }
 
 
-def outcome_from_proto(message: pb.Outcome, prefix: str = "outcome.") -> Outcome:
+# Distinct metadata documents a stream remembers (by wire form) to convert each once.
+METADATA_CACHE = 256
+
+
+def outcome_from_proto(
+    message: pb.Outcome,
+    prefix: str = "outcome.",
+    metadata_cache: dict[bytes, dict[str, Any]] | None = None,
+) -> Outcome:
+    """``message`` as an Outcome. A stream passes ``metadata_cache``: items of a batch
+    mostly carry the same few metadata documents, and converting a Struct costs more than
+    the rest of the item; the dict is shared, never mutated."""
     observed = message.WhichOneof("observed")
+    if metadata_cache is None:
+        metadata = struct_to_dict(message.metadata, prefix + "metadata")
+    else:
+        wire = message.metadata.SerializeToString()
+        cached = metadata_cache.get(wire)
+        if cached is None:
+            cached = struct_to_dict(message.metadata, prefix + "metadata")
+            if len(metadata_cache) >= METADATA_CACHE:
+                metadata_cache.clear()
+            metadata_cache[wire] = cached
+        metadata = cached
     return Outcome(
         prediction_id=message.prediction_id,
         value=message.value if observed == "value" else None,
         label=message.label if observed == "label" else None,
         observe_time=optional_datetime(message, "observe_time", path=prefix + "observe_time"),
-        metadata=struct_to_dict(message.metadata, prefix + "metadata"),
+        metadata=metadata,
     )
 
 
@@ -133,40 +160,62 @@ class OutcomeWriteHandlers:
                     )
                 )
 
-        async def flush() -> None:
-            result = await self.store.record_many(list(pending.values()))
-            reply.created_count += result.created
-            reply.unchanged_count += result.unchanged + sum(replays.values())
-            reply.corrected_count += result.corrected
-            reply.unmatched_count += sum(1 + replays.get(pid, 0) for pid in result.unmatched)
-            pending.clear()
-            replays.clear()
+        # the group being written while the next one is decoded: one in flight, so
+        # groups commit in stream order and each group's read sees the one before it
+        in_flight: asyncio.Task[None] | None = None
+        metadata_cache: dict[bytes, dict[str, Any]] = {}
 
-        index = 0
-        async for message in request_iterator:
-            for item in message.outcomes:
-                try:
-                    outcome = outcome_from_proto(item, prefix="")
-                    violations = validate_outcome(outcome, self.limits, prefix="")
-                except InvalidArgument as exc:
-                    outcome = Outcome(item.prediction_id)
-                    violations = list(exc.violations)
-                if violations:
-                    for v in violations:
-                        reject(index, outcome.prediction_id, v.field, v.description)
-                else:
-                    pid = outcome.prediction_id
-                    earlier = pending.get(pid)
-                    if earlier is not None and earlier.same_content(outcome):
-                        replays[pid] = replays.get(pid, 0) + 1
+        async def write(group: list[Outcome], repeats: dict[str, int]) -> None:
+            result = await self.store.record_many(group)
+            reply.created_count += result.created
+            reply.unchanged_count += result.unchanged + sum(repeats.values())
+            reply.corrected_count += result.corrected
+            reply.unmatched_count += sum(1 + repeats.get(pid, 0) for pid in result.unmatched)
+
+        async def flush() -> None:
+            nonlocal pending, replays, in_flight
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                await task
+            in_flight = asyncio.ensure_future(write(list(pending.values()), replays))
+            pending, replays = {}, {}
+
+        try:
+            index = 0
+            async for message in request_iterator:
+                for item in message.outcomes:
+                    try:
+                        outcome = outcome_from_proto(item, "", metadata_cache)
+                        violations = validate_outcome(outcome, self.limits, prefix="")
+                    except InvalidArgument as exc:
+                        outcome = Outcome(item.prediction_id)
+                        violations = list(exc.violations)
+                    if violations:
+                        for v in violations:
+                            reject(index, outcome.prediction_id, v.field, v.description)
                     else:
-                        if earlier is not None:
-                            # the earlier item is stored first: this one then corrects it
-                            await flush()
-                        pending[pid] = outcome
-                index += 1
-                if len(pending) >= BULK_CHUNK:
-                    await flush()
-        if pending:
-            await flush()
+                        pid = outcome.prediction_id
+                        earlier = pending.get(pid)
+                        if earlier is not None and earlier.same_content(outcome):
+                            replays[pid] = replays.get(pid, 0) + 1
+                        else:
+                            if earlier is not None:
+                                # the earlier item is stored first: this one then corrects it
+                                await flush()
+                            pending[pid] = outcome
+                    index += 1
+                    if len(pending) >= BULK_CHUNK:
+                        await flush()
+                    elif in_flight is not None and index % YIELD_EVERY == 0:
+                        # let the group in flight move on to its next statement
+                        await asyncio.sleep(0)
+            if pending:
+                await flush()
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                await task
+        finally:
+            if in_flight is not None:  # the stream failed: the group in flight is cancelled
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
         return reply
