@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from predictstore.domain.predictions import Forecast, Prediction, PredictionFilter
-from predictstore.errors import AlreadyExists
+from predictstore.errors import AlreadyExists, InvalidArgument
 from predictstore.storage.database import Database
-from predictstore.storage.predictions import PredictionStore, _list_query
+from predictstore.storage.predictions import SELECT_PREDICTION, PredictionStore, _list_query
+from tests.partitions import (
+    backdate_predictions,
+    executed_plans,
+    overlapping_partitions,
+    partition_of,
+    partitions,
+    plan_nodes,
+    scans,
+)
 
 
 def make(pid: str, **kwargs: object) -> Prediction:
@@ -79,20 +88,126 @@ async def test_stream_orders_and_resumes_without_gap_or_repeat(db: Database) -> 
     assert [p.prediction_id for p in rest] == [p.prediction_id for p in seen[10:]]
 
 
-async def test_list_by_user_uses_its_index(db: Database) -> None:
+async def test_ids_stay_unique_across_partitions(db: Database) -> None:
+    """A retry finds the prediction on whichever day it was made: idempotent when the
+    content is the same, AlreadyExists when not, one by one and in bulk."""
     store = PredictionStore(db)
-    await store.create_many([make(f"p{i}", user_id=f"u{i % 50}") for i in range(2000)])
-    sql, args = _list_query(
-        PredictionFilter(
-            user_id="u7",
-            start_time=datetime.now(UTC) - timedelta(days=1),
-            end_time=datetime.now(UTC) + timedelta(days=1),
-        ),
-        None,
-    )
+    await store.create_many([make("old-a"), make("old-b"), make("old-c")])
     async with db.connection() as conn:
+        await backdate_predictions(conn, ["old-a", "old-b"], days=3)
+        await backdate_predictions(conn, ["old-c"], days=5)
+        days = {await partition_of(conn, pid) for pid in ("old-a", "old-c")}
+    assert len(days) == 2
+
+    stored = await store.get("old-a")
+    assert stored is not None
+    again, created = await store.create(make("old-a"))
+    assert not created
+    assert again == stored
+    with pytest.raises(AlreadyExists):
+        await store.create(make("old-a", confidence=0.5))
+
+    result = await store.create_many(
+        [make("old-a"), make("old-b", context="other"), make("old-c"), make("new")]
+    )
+    assert result.created == ["new"]
+    assert result.existing == ["old-a", "old-c"]
+    assert result.conflicting == ["old-b"]
+    async with db.connection() as conn:
+        stored_ids = await conn.fetchval("SELECT count(*) FROM prediction_ids")
+        rows = await conn.fetchval("SELECT count(*) FROM predictions")
+    assert stored_ids == rows == 4
+
+
+async def test_concurrent_creates_of_one_id_store_it_once(db: Database) -> None:
+    store = PredictionStore(db)
+    outcomes = await asyncio.gather(*(store.create(make("same")) for _ in range(4)))
+    assert sorted(created for _, created in outcomes) == [False, False, False, True]
+    assert all(stored == outcomes[0][0] for stored, _ in outcomes)
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM predictions") == 1
+
+
+async def test_a_rejected_bulk_create_stores_no_id(db: Database) -> None:
+    """A batch the database rejects leaves neither rows nor ids: both are one statement."""
+    store = PredictionStore(db)
+    with pytest.raises(InvalidArgument):
+        await store.create_many([make("fine"), make("bad", confidence=1.5)])
+    assert await store.get("fine") is None
+    _, created = await store.create(make("fine"))
+    assert created
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM prediction_ids") == 1
+
+
+async def _spread_over_days(db: Database, count: int, days: int) -> list[Prediction]:
+    """``count`` predictions of 10 users, spread evenly over today and ``days - 1`` days back."""
+    store = PredictionStore(db)
+    items = [make(f"p{i:05}", user_id=f"u{i % 10}") for i in range(count)]
+    await store.create_many(items)
+    async with db.connection() as conn:
+        for back in range(1, days):
+            await backdate_predictions(
+                conn, [p.prediction_id for i, p in enumerate(items) if i % days == back], back
+            )
         await conn.execute("ANALYZE predictions")
-        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
-    text = json.dumps(plan)
-    assert "predictions_user_time_idx" in text
-    assert '"Seq Scan"' not in text
+        await conn.execute("ANALYZE prediction_ids")
+    return items
+
+
+async def test_get_probes_the_ids_then_one_partition(db: Database) -> None:
+    await _spread_over_days(db, 3000, days=6)
+    store = PredictionStore(db)
+    async with db.connection() as conn:
+        holder = await partition_of(conn, "p00004")  # made 4 days back
+        assert holder in await partitions(conn)
+        async with executed_plans(conn) as plans:
+            row = await conn.fetchrow(SELECT_PREDICTION, "p00004")
+    assert row is not None
+    assert row["prediction_id"] == "p00004"
+    assert (await store.get("p00004")) is not None
+
+    read = [n for plan in plans for n in scans(plan)]
+    ids = [n for n in read if n["Relation Name"] == "prediction_ids"]
+    rows = [n for n in read if n["Relation Name"] != "prediction_ids"]
+    assert [(n["Node Type"], n["Index Name"]) for n in ids] == [
+        ("Index Scan", "prediction_ids_pkey")
+    ]
+    # one partition (or chunk) in the plan, read through its (create_time, id) index
+    assert [n["Relation Name"] for n in rows] == [holder]
+    assert rows[0]["Node Type"] in {"Index Scan", "Index Only Scan"}
+    assert rows[0]["Index Name"].endswith(("predictions_time_idx", "create_time_prediction_id_idx"))
+    assert rows[0]["Actual Rows"] == 1
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_list_by_user_and_time_reads_only_its_days_in_index_order(
+    db: Database, descending: bool
+) -> None:
+    await _spread_over_days(db, 3000, days=6)
+    store = PredictionStore(db)
+    async with db.connection() as conn:
+        now = await conn.fetchval("SELECT now()")
+        flt = PredictionFilter(
+            user_id="u7",
+            start_time=now - timedelta(days=3, hours=1),
+            end_time=now - timedelta(days=2) + timedelta(hours=1),
+            descending=descending,
+        )
+        in_range = await overlapping_partitions(
+            conn, now - timedelta(days=3, hours=1), now - timedelta(days=2) + timedelta(hours=1)
+        )
+        assert len(in_range) <= 3 < len(await partitions(conn))  # 6 days hold rows
+        sql, args = _list_query(flt, None, 20)  # a page as stream() asks for it
+        plan = (await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))[0]
+    # pruned to the partitions of the range; each read in its index order and the
+    # partitions in time order: no sort of the range
+    assert {n["Relation Name"] for n in scans(plan)} == in_range
+    assert {n["Node Type"] for n in scans(plan)} <= {"Index Scan", "Index Only Scan"}
+    assert not [n for n in plan_nodes(plan) if "Sort" in n["Node Type"]]
+
+    listed = [p for rows in [r async for r in store.stream(flt, None, 20)] for p in rows]
+    keys = [(p.create_time, p.prediction_id) for p in listed]
+    assert keys == sorted(keys, reverse=descending)
+    assert {p.user_id for p in listed} == {"u7"}
+    assert len(listed) == 2 * 3000 // 6 // 10

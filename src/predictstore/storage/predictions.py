@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -19,11 +19,20 @@ COLUMNS = (
     "forecast_lower, forecast_upper, model_name, model_version, target_time, metadata, create_time"
 )
 
-# Stores one prediction unless its id exists; returns the row when it was inserted.
+# Stores one prediction unless its id exists; returns the row when it was inserted. The id
+# goes into prediction_ids first: its primary key is what keeps ids unique across the
+# partitions of predictions, and its ON CONFLICT is the idempotency check.
 INSERT_PREDICTION = f"""
+WITH new_id AS (
+    INSERT INTO prediction_ids (prediction_id, create_time)
+    VALUES ($1, now())
+    ON CONFLICT (prediction_id) DO NOTHING
+    RETURNING create_time
+)
 INSERT INTO predictions ({COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
-ON CONFLICT (prediction_id) DO NOTHING
+SELECT $1::text, $2::text, $3::text, $4::text, $5::jsonb, $6::float8, $7::float8, $8::float8,
+       $9::float8, $10::text, $11::text, $12::timestamptz, $13::jsonb, create_time
+FROM new_id
 RETURNING {COLUMNS}
 """
 
@@ -39,23 +48,33 @@ CREATE TEMP TABLE IF NOT EXISTS predictions_staging (
 ) ON COMMIT DELETE ROWS
 """
 
-# Moves the staged rows into predictions; returns the ids that were new.
+# Moves the staged rows into predictions; returns the ids that were new (those whose id
+# prediction_ids took).
 INSERT_FROM_STAGING = f"""
+WITH new_ids AS (
+    INSERT INTO prediction_ids (prediction_id, create_time)
+    SELECT prediction_id, now() FROM predictions_staging
+    ON CONFLICT (prediction_id) DO NOTHING
+    RETURNING prediction_id, create_time
+)
 INSERT INTO predictions ({COLUMNS})
-SELECT prediction_id, user_id, context, prediction_type, payload::jsonb, confidence,
-       forecast_value, forecast_lower, forecast_upper, model_name, model_version, target_time,
-       metadata::jsonb, now()
-FROM predictions_staging
-ON CONFLICT (prediction_id) DO NOTHING
+SELECT s.prediction_id, s.user_id, s.context, s.prediction_type, s.payload::jsonb,
+       s.confidence, s.forecast_value, s.forecast_lower, s.forecast_upper, s.model_name,
+       s.model_version, s.target_time, s.metadata::jsonb, n.create_time
+FROM predictions_staging s
+JOIN new_ids n USING (prediction_id)
 RETURNING prediction_id
 """
 
-# Reads one prediction by id.
-SELECT_PREDICTION = f"SELECT {COLUMNS} FROM predictions WHERE prediction_id = $1"
+# Reads one prediction by id: a probe of prediction_ids, then of the one partition.
+SELECT_PREDICTION = f"SELECT {COLUMNS} FROM predictstore_predictions_by_id(ARRAY[$1::text])"
 
 # Reads several predictions by id (to compare retried items with what is stored).
-SELECT_PREDICTIONS_BY_IDS = (
-    f"SELECT {COLUMNS} FROM predictions WHERE prediction_id = ANY($1::text[])"
+SELECT_PREDICTIONS_BY_IDS = f"SELECT {COLUMNS} FROM predictstore_predictions_by_id($1::text[])"
+
+# Makes the daily partitions of today and tomorrow if they are missing (PostgreSQL mode).
+ENSURE_PARTITIONS = (
+    "SELECT predictstore_ensure_prediction_partitions(current_date, current_date + 1)"
 )
 
 
@@ -111,8 +130,15 @@ def _values(p: Prediction) -> tuple[Any, ...]:
     )
 
 
-def _list_query(flt: PredictionFilter, after: tuple[datetime, str] | None) -> tuple[str, list[Any]]:
-    """The ListPredictions query: filters and keyset position as $n parameters only."""
+def _list_query(
+    flt: PredictionFilter, after: tuple[datetime, str] | None, limit: int = 0
+) -> tuple[str, list[Any]]:
+    """The ListPredictions query: filters and keyset position as $n parameters only.
+
+    ``limit`` (else the filter's) bounds the rows. With a LIMIT the planner takes the
+    index order of each partition in partition order, and stops once it has enough;
+    without one it may sort the whole range first.
+    """
     where: list[str] = []
     param = Params()
 
@@ -136,26 +162,44 @@ def _list_query(flt: PredictionFilter, after: tuple[datetime, str] | None) -> tu
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY create_time {direction}, prediction_id {direction}"
-    if flt.limit:
-        sql += f" LIMIT {param(flt.limit)}"
+    if limit or flt.limit:
+        sql += f" LIMIT {param(limit or flt.limit)}"
     return sql, param.args
 
 
 class PredictionStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._partition_day: date | None = None  # UTC day the partitions were last ensured
+
+    async def _ensure_partition(self) -> None:
+        """PostgreSQL mode: the partition now() lands in exists (checked once a UTC day).
+
+        Maintenance makes partitions days ahead; this covers a service whose maintenance
+        has not run for longer than that. Today's and tomorrow's are made, so the check
+        holds until the next UTC day whatever the database's time zone.
+        """
+        if self.db.mode != "postgresql":
+            return
+        today = datetime.now(UTC).date()
+        if self._partition_day == today:
+            return
+        async with self.db.connection() as conn:
+            await conn.fetchval(ENSURE_PARTITIONS)
+        self._partition_day = today
 
     async def create(self, p: Prediction) -> tuple[Prediction, bool]:
         """Store ``p``; returns the stored prediction and whether this call created it.
 
         Raises AlreadyExists when the id is taken by a prediction with other content.
         """
+        await self._ensure_partition()
         async with self.db.connection() as conn:
             row = await conn.fetchrow(INSERT_PREDICTION, *_values(p))
             if row is not None:
                 return _row_to_prediction(row), True
             row = await conn.fetchrow(SELECT_PREDICTION, p.prediction_id)
-        if row is None:  # deleted between the two statements: let the client retry
+        if row is None:  # expired between the two statements: let the client retry
             raise Unavailable("the prediction changed concurrently; retry")
         stored = _row_to_prediction(row)
         if not stored.same_content(p):
@@ -177,6 +221,7 @@ class PredictionStore:
             row[4] = _dump(row[4])
             row[12] = _dump(row[12])
             records.append(row)
+        await self._ensure_partition()
         async with self.db.connection() as conn, conn.transaction():
             await conn.execute(CREATE_STAGING)
             await conn.copy_records_to_table(
@@ -205,11 +250,26 @@ class PredictionStore:
     async def stream(
         self, flt: PredictionFilter, after: tuple[datetime, str] | None, fetch_size: int
     ) -> AsyncIterator[list[Prediction]]:
-        """Matching predictions in order, ``fetch_size`` at a time, through a server-side
-        cursor: memory stays flat however many rows match."""
-        sql, args = _list_query(flt, after)
-        async with self.db.connection() as conn, conn.transaction(readonly=True):
+        """Matching predictions in order, ``fetch_size`` at a time: memory stays flat
+        however many rows match.
+
+        Each page is its own query resuming after the last row of the one before (a
+        keyset page, planned with its LIMIT: partitions in order, no sort), all in one
+        repeatable-read transaction, so the pages read one snapshot as a cursor would.
+        """
+        remaining = flt.limit
+        async with (
+            self.db.connection() as conn,
+            conn.transaction(readonly=True, isolation="repeatable_read"),
+        ):
             with translate_errors():
-                cursor = await conn.cursor(sql, *args)
-                while rows := await cursor.fetch(fetch_size):
-                    yield [_row_to_prediction(r) for r in rows]
+                while True:
+                    page = min(fetch_size, remaining) if flt.limit else fetch_size
+                    sql, args = _list_query(flt, after, page)
+                    rows = await conn.fetch(sql, *args)
+                    if rows:
+                        yield [_row_to_prediction(r) for r in rows]
+                    remaining -= len(rows)
+                    if len(rows) < page or (flt.limit and remaining <= 0):
+                        return
+                    after = (rows[-1]["create_time"], rows[-1]["prediction_id"])
