@@ -1,4 +1,9 @@
-"""The predictions table: idempotent creates, bulk loads and cursor-driven listings."""
+"""The predictions table: idempotent creates, bulk loads, reads by id and paged listings.
+
+predictions is split by creation day (partitions or chunks; see migration 0004), so the
+uniqueness of prediction_id lives in prediction_ids: every create writes both in one
+statement, and reads by id go through it to the one partition that holds the row.
+"""
 
 from __future__ import annotations
 
@@ -209,8 +214,9 @@ class PredictionStore:
     async def create_many(self, items: Sequence[Prediction]) -> BulkResult:
         """Store ``items`` (unique ids) by one COPY; classify the ids that were taken.
 
-        COPY into a temporary staging table and one INSERT ... SELECT with ON CONFLICT DO
-        NOTHING keep the per-id idempotency of a plain INSERT at the speed of COPY.
+        COPY into a temporary staging table and one INSERT ... SELECT whose ids go through
+        prediction_ids with ON CONFLICT DO NOTHING keep the per-id idempotency of a plain
+        INSERT at the speed of COPY.
         """
         result = BulkResult()
         if not items:
