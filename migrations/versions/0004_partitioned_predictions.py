@@ -109,8 +109,11 @@ def _lookup_function() -> None:
         DECLARE
             found_ids text[];
             times timestamptz[];
+            distinct_times timestamptz[];
         BEGIN
-            SELECT array_agg(prediction_id), array_agg(create_time) INTO found_ids, times
+            SELECT array_agg(prediction_id), array_agg(create_time),
+                   array_agg(DISTINCT create_time)
+            INTO found_ids, times, distinct_times
             FROM prediction_ids WHERE prediction_id = ANY(ids);
             IF found_ids IS NULL THEN
                 RETURN;
@@ -119,8 +122,8 @@ def _lookup_function() -> None:
                 'SELECT p.* FROM predictions p '
                 'JOIN unnest($1, $2) AS k(prediction_id, create_time) '
                 'ON p.prediction_id = k.prediction_id AND p.create_time = k.create_time '
-                'WHERE p.create_time = ANY($2)'
-                USING found_ids, times;
+                'WHERE p.create_time = ANY($3)'
+                USING found_ids, times, distinct_times;
         END $$
         """
     )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from predictstore import migrate
 from predictstore.domain.predictions import Forecast, Prediction, PredictionFilter
 from predictstore.errors import AlreadyExists, InvalidArgument
-from predictstore.storage.database import Database
+from predictstore.storage.database import Database, PoolSettings
 from predictstore.storage.predictions import SELECT_PREDICTION, PredictionStore, _list_query
 from tests.partitions import (
     backdate_predictions,
@@ -211,3 +213,29 @@ async def test_list_by_user_and_time_reads_only_its_days_in_index_order(
     assert keys == sorted(keys, reverse=descending)
     assert {p.user_id for p in listed} == {"u7"}
     assert len(listed) == 2 * 3000 // 6 // 10
+
+
+@pytest.fixture
+async def pg_db(empty_database_url: str) -> AsyncIterator[Database]:
+    """A database migrated in PostgreSQL mode, whatever the server offers."""
+    await asyncio.to_thread(migrate.upgrade, empty_database_url, storage_mode="postgresql")
+    database = await Database.open(empty_database_url, PoolSettings(min_size=1, max_size=2))
+    yield database
+    await database.close()
+
+
+async def test_creates_make_todays_partition_when_maintenance_has_not(pg_db: Database) -> None:
+    """PostgreSQL mode: no partition for now() (maintenance off for over a week) is no
+    reason to fail a create."""
+    async with pg_db.connection() as conn:
+        today = await conn.fetchval("SELECT to_char(current_date, 'YYYYMMDD')")
+        tomorrow = await conn.fetchval("SELECT to_char(current_date + 1, 'YYYYMMDD')")
+        await conn.execute(f"DROP TABLE predictions_p{today}, predictions_p{tomorrow}")
+    store = PredictionStore(pg_db)
+    _, created = await store.create(make("one"))
+    assert created
+    result = await PredictionStore(pg_db).create_many([make("two"), make("three")])
+    assert result.created == ["two", "three"]
+    async with pg_db.connection() as conn:
+        assert await partition_of(conn, "one") == f"predictions_p{today}"
+        assert f"predictions_p{tomorrow}" in await partitions(conn)
