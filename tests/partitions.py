@@ -85,8 +85,8 @@ async def overlapping_partitions(
         )
     else:
         sql = (
-            "SELECT relname FROM (SELECT c.relname, "
-            "to_date(substr(c.relname, 14), 'YYYYMMDD')::timestamptz AS day_start "
+            "SELECT relname FROM (SELECT c.relname, CASE WHEN c.relname ~ '^predictions_p' "
+            "THEN to_date(substr(c.relname, 14), 'YYYYMMDD')::timestamptz END AS day_start "
             "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhparent = 'predictions'::regclass) p "
             "WHERE day_start < $2 AND day_start + interval '1 day' > $1"

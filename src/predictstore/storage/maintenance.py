@@ -83,8 +83,8 @@ SELECT c.relname
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'predictions'::regclass
-  AND c.relname ~ '^predictions_p[0-9]{8}$'
-  AND (to_date(substr(c.relname, 14), 'YYYYMMDD') + 1)::timestamptz <= $1
+  AND CASE WHEN c.relname ~ '^predictions_p[0-9]{8}$'  -- the date parsed only from our names
+      THEN (to_date(substr(c.relname, 14), 'YYYYMMDD') + 1)::timestamptz <= $1 END
 ORDER BY c.relname
 """
 
