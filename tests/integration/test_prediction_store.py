@@ -239,3 +239,29 @@ async def test_creates_make_todays_partition_when_maintenance_has_not(pg_db: Dat
     async with pg_db.connection() as conn:
         assert await partition_of(conn, "one") == f"predictions_p{today}"
         assert f"predictions_p{tomorrow}" in await partitions(conn)
+
+
+async def test_a_long_listing_locks_only_the_days_it_reads(db: Database) -> None:
+    """However many pages a listing reads, it holds locks on its range's partitions only
+    (a generic plan would lock them all until the listing ends)."""
+    await _spread_over_days(db, 3000, days=6)
+    store = PredictionStore(db)
+    async with db.connection() as conn:
+        now = await conn.fetchval("SELECT now()")
+        start, end = now - timedelta(days=3, hours=1), now - timedelta(days=2) + timedelta(hours=1)
+        in_range = await overlapping_partitions(conn, start, end)
+        flt = PredictionFilter(user_id="u7", start_time=start, end_time=end)
+        pages = 0
+        async for _ in store.stream(flt, None, 5):
+            pages += 1
+            if pages == 12:  # past the sixth run of the page statement
+                locked = await conn.fetch(
+                    "SELECT DISTINCT c.relname FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "JOIN pg_inherits i ON i.inhrelid = l.relation "
+                    "JOIN pg_class c ON c.oid = l.relation "
+                    "WHERE i.inhparent = 'predictions'::regclass AND a.pid <> pg_backend_pid() "
+                    "AND a.datname = current_database()"
+                )
+    assert pages == 100 // 5
+    assert {r[0] for r in locked} == in_range
