@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from predictstore import migrate
-from predictstore.domain.predictions import Prediction
+from predictstore.domain.predictions import Prediction, PredictionFilter
 from predictstore.storage.database import Database, PoolSettings
 from predictstore.storage.maintenance import LOCK_NAME, LifecyclePolicy, Maintenance
 from predictstore.storage.predictions import PredictionStore
@@ -318,3 +318,44 @@ async def test_lifecycle_in_the_servers_own_mode(db: Database) -> None:
         assert report.policies_changed == []
         today: date = await db.pool.fetchval("SELECT current_date")
         assert set(report.partitions_created) == _ahead(today, range(8, 9))
+
+
+async def test_dropping_a_day_does_not_queue_predictions_behind_a_listing(
+    pg_db: Database,
+) -> None:
+    """PostgreSQL mode: while a listing's transaction is open, the expired partition is
+    detached concurrently: maintenance waits for the listing, and nobody waits for it."""
+    store = PredictionStore(pg_db)
+    await store.create_many([_prediction(f"p{i:03}") for i in range(30)])
+    async with pg_db.connection() as conn:
+        await backdate_predictions(conn, ["p000"], days=400)
+        expired = await partition_of(conn, "p000")
+    listing = store.stream(PredictionFilter(user_id="u"), None, 5)
+    await anext(listing)  # the listing's transaction stays open between pages
+    run = asyncio.create_task(Maintenance(pg_db, LifecyclePolicy()).run())
+    try:
+        for _ in range(200):  # bounded: ~10 s
+            waiting = await pg_db.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' "
+                "AND (query LIKE '%DETACH PARTITION%' OR query LIKE 'DROP TABLE%')"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting, "maintenance should wait for the listing"
+        queued = await pg_db.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'predictions'::regclass AND NOT granted"
+        )
+        assert queued == 0
+        _, created = await asyncio.wait_for(store.create(_prediction("during")), 30)
+        assert created
+        rest = [p async for p in listing]
+        assert rest
+    finally:
+        await listing.aclose()
+    report = await run
+    assert expired in report.partitions_dropped
+    async with pg_db.connection() as conn:
+        assert expired not in await partitions(conn)
+        assert await conn.fetchval("SELECT to_regclass($1)", expired) is None

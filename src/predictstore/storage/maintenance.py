@@ -77,9 +77,10 @@ ENSURE_PREDICTION_PARTITIONS = (
     "SELECT predictstore_ensure_prediction_partitions(current_date, current_date + $1::int)"
 )
 
-# The daily prediction partitions whose whole day lies before $1, oldest first.
+# The daily prediction partitions whose whole day lies before $1, oldest first, and
+# whether a detach of each was left pending.
 SELECT_DROPPABLE_PREDICTION_PARTITIONS = r"""
-SELECT c.relname
+SELECT c.relname, i.inhdetachpending
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'predictions'::regclass
@@ -87,6 +88,29 @@ WHERE i.inhparent = 'predictions'::regclass
       THEN (to_date(substr(c.relname, 14), 'YYYYMMDD') + 1)::timestamptz <= $1 END
 ORDER BY c.relname
 """
+
+# Prediction partitions detached but not dropped (a run stopped between the two steps).
+SELECT_DETACHED_PREDICTION_PARTITIONS = r"""
+SELECT c.relname
+FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace
+  AND c.relkind = 'r'
+  AND NOT c.relispartition
+  AND c.relname ~ '^predictions_p[0-9]{8}$'
+ORDER BY c.relname
+"""
+
+# Detaches a prediction partition (the name is quoted in): CONCURRENTLY takes no lock
+# that blocks reads or writes of predictions; it waits for the transactions using it.
+DETACH_PREDICTION_PARTITION = "ALTER TABLE predictions DETACH PARTITION {} CONCURRENTLY"
+
+# Completes a detach that a lock timeout or a crash interrupted.
+FINALIZE_PREDICTION_DETACH = "ALTER TABLE predictions DETACH PARTITION {} FINALIZE"
+
+# lock_timeout for a statement that cannot run in a transaction block (DETACH
+# CONCURRENTLY), and back: the wait for the transactions using the table counts.
+SET_SESSION_LOCK_TIMEOUT = "SET lock_timeout = '5s'"
+RESET_LOCK_TIMEOUT = "RESET lock_timeout"
 
 # The start of the oldest day of predictions kept ($1 days back): a partition boundary,
 # midnight in the database's time zone as partitions are made.
@@ -310,6 +334,28 @@ class Maintenance:
             return False
         return True
 
+    async def _detach_partition(self, conn: asyncpg.Connection, name: str, pending: bool) -> bool:
+        """Detaches a prediction partition before its drop; False when it has to wait.
+
+        A DROP of a partition needs an ACCESS EXCLUSIVE lock on predictions: while it
+        waits for a listing's transaction, every create and read queues behind it. A
+        detach CONCURRENTLY waits without blocking anyone; one that timed out is left
+        pending, and the next run finalizes it.
+        """
+        statement = FINALIZE_PREDICTION_DETACH if pending else DETACH_PREDICTION_PARTITION
+        try:
+            await conn.execute(SET_SESSION_LOCK_TIMEOUT)
+            await conn.execute(statement.format(_quote_ident(name)))
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "partition in use, detached next run",
+                extra={"action": "partition_detach_deferred", "partition": name},
+            )
+            return False
+        finally:
+            await conn.execute(RESET_LOCK_TIMEOUT)
+        return True
+
     async def _expire_predictions(
         self, conn: asyncpg.Connection, report: MaintenanceReport
     ) -> None:
@@ -331,9 +377,14 @@ class Maintenance:
         oldest: datetime | None = await conn.fetchval(SELECT_OLDEST_PREDICTION_ID)
         bound = cutoff if oldest is None else min(cutoff, oldest)
         if not timescale:
-            for row in await conn.fetch(SELECT_DROPPABLE_PREDICTION_PARTITIONS, bound):
+            for row in await conn.fetch(SELECT_DETACHED_PREDICTION_PARTITIONS):
                 if await self._drop_partition(conn, row[0]):
                     report.partitions_dropped.append(row[0])
+            for name, pending in await conn.fetch(SELECT_DROPPABLE_PREDICTION_PARTITIONS, bound):
+                if await self._detach_partition(conn, name, pending) and await self._drop_partition(
+                    conn, name
+                ):
+                    report.partitions_dropped.append(name)
             return
         try:
             async with conn.transaction():
