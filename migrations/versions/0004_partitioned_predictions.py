@@ -14,16 +14,24 @@ Layout, in either storage mode:
   what keeps ``prediction_id`` unique across partitions. A create inserts the id there
   first, in the same statement as the row (``ON CONFLICT (prediction_id) DO NOTHING``
   is the idempotency check), so the two tables change together or not at all.
-  GetPrediction reads the id's ``create_time`` there (one probe of its primary key) and
-  then the one partition holding that time, by ``(create_time, prediction_id)``.
+- ``predictstore_predictions_by_id(ids)`` is GetPrediction (and the bulk create's look
+  at taken ids): it reads the ids' ``create_time`` from prediction_ids (primary key
+  probes), then the rows from the one partition or chunk holding each time, by
+  ``(create_time, prediction_id)``. The second query is planned with the times known,
+  so only those partitions are planned and locked; a static statement joining the two
+  tables plans every partition on each call (1.1-1.3 ms with 400 daily partitions,
+  12-16 ms with 400 chunks, against 0.4-0.5 ms this way, measured on 2 busy cores).
 - Retention drops whole days: maintenance deletes the ids older than the cutoff (a
   range of ``prediction_ids_time_idx``, oldest first, in short batches) and then drops
-  the partitions or chunks that lie wholly before the oldest id left. So the id table
-  holds the ids of stored predictions only; it is bounded by the retention window and
-  its freed pages are reused by vacuum. Ids go before their rows so that no id points at
-  a dropped partition: an expired prediction becomes unreadable by id a moment before
-  its partition goes, and its id is free to use again. TimescaleDB's own retention
-  policy is not used for predictions, because it would drop chunks under their ids.
+  the partitions or chunks that lie wholly before the oldest id left (in PostgreSQL
+  mode detaching each CONCURRENTLY first, so no lock on predictions queues readers and
+  writers behind an open listing). So the id table holds the ids of stored predictions
+  only: it is bounded by the retention window (one narrow row per stored prediction),
+  and vacuum reuses the pages the deletes free. Ids go before their rows so that no id
+  points at a dropped partition: an expired prediction becomes unreadable by id a
+  moment before its partition goes, and its id is free to use again. TimescaleDB's own
+  retention policy is not used for predictions, because it would drop chunks under
+  their ids.
 
 The upgrade keeps every row: in PostgreSQL mode they are copied into the new table
 (with a partition for each day that has rows, plus a week either side of today); in
