@@ -11,9 +11,11 @@ Layout, in either storage mode:
   indexes it had, now per partition; it has no primary key, because a unique index on a
   partitioned table must contain the partition key.
 - ``prediction_ids (prediction_id PRIMARY KEY, create_time)`` is not partitioned: it is
-  what keeps ``prediction_id`` unique across partitions. A create inserts the id there
-  first, in the same statement as the row (``ON CONFLICT (prediction_id) DO NOTHING``
-  is the idempotency check), so the two tables change together or not at all.
+  what keeps ``prediction_id`` unique across partitions. A create claims the id there
+  first (``ON CONFLICT (prediction_id) DO NOTHING`` is the idempotency check), in the
+  statement or transaction that stores the row, so the two tables change together or
+  not at all: ``predictstore_claim_prediction_id(id)`` for one prediction, a claim of
+  the staged ids for a bulk create.
 - ``predictstore_predictions_by_id(ids)`` is GetPrediction (and the bulk create's look
   at taken ids): it reads the ids' ``create_time`` from prediction_ids (primary key
   probes), then the rows from the one partition or chunk holding each time, by
@@ -137,6 +139,22 @@ def _lookup_function() -> None:
     )
 
 
+def _claim_function() -> None:
+    # Takes an id for a new prediction: its create_time (now()) when the id was free,
+    # no row when it is taken. A function, so that a create is one INSERT ... SELECT
+    # with no WITH of its own (a data-modifying CTE cannot be nested in another).
+    op.execute(
+        """
+        CREATE FUNCTION predictstore_claim_prediction_id(id text)
+        RETURNS SETOF timestamptz LANGUAGE sql VOLATILE AS $$
+            INSERT INTO prediction_ids (prediction_id, create_time) VALUES (id, now())
+            ON CONFLICT (prediction_id) DO NOTHING
+            RETURNING create_time
+        $$
+        """
+    )
+
+
 def _timescaledb_mode() -> bool:
     mode = (
         op.get_bind()
@@ -157,6 +175,7 @@ def upgrade() -> None:
     )
     # retention: the ids past the cutoff, oldest first
     op.execute("CREATE INDEX prediction_ids_time_idx ON prediction_ids (create_time)")
+    _claim_function()
     op.execute(
         "INSERT INTO prediction_ids (prediction_id, create_time) "
         "SELECT prediction_id, create_time FROM predictions"
@@ -233,6 +252,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION predictstore_predictions_by_id(text[])")
     op.execute("DROP TABLE predictions")
     op.execute("DROP FUNCTION IF EXISTS predictstore_ensure_prediction_partitions(date, date)")
+    op.execute("DROP FUNCTION predictstore_claim_prediction_id(text)")
     op.execute("DROP TABLE prediction_ids")
     op.execute("ALTER TABLE predictions_unpartitioned RENAME TO predictions")
     op.execute("ALTER INDEX predictions_unpartitioned_pkey RENAME TO predictions_pkey")

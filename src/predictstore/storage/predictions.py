@@ -1,8 +1,9 @@
 """The predictions table: idempotent creates, bulk loads, reads by id and paged listings.
 
 predictions is split by creation day (partitions or chunks; see migration 0004), so the
-uniqueness of prediction_id lives in prediction_ids: every create writes both in one
-statement, and reads by id go through it to the one partition that holds the row.
+uniqueness of prediction_id lives in prediction_ids: every create claims the id there in
+the transaction that stores the row, and reads by id go through it to the one partition
+that holds the row.
 """
 
 from __future__ import annotations
@@ -25,19 +26,15 @@ COLUMNS = (
 )
 
 # Stores one prediction unless its id exists; returns the row when it was inserted. The id
-# goes into prediction_ids first: its primary key is what keeps ids unique across the
-# partitions of predictions, and its ON CONFLICT is the idempotency check.
+# goes into prediction_ids first (predictstore_claim_prediction_id, an INSERT ... ON
+# CONFLICT DO NOTHING RETURNING create_time): its primary key is what keeps ids unique
+# across the partitions of predictions, and the row is inserted only when the id was
+# new. One statement with no WITH of its own, so it can be wrapped as a CTE.
 INSERT_PREDICTION = f"""
-WITH new_id AS (
-    INSERT INTO prediction_ids (prediction_id, create_time)
-    VALUES ($1, now())
-    ON CONFLICT (prediction_id) DO NOTHING
-    RETURNING create_time
-)
 INSERT INTO predictions ({COLUMNS})
 SELECT $1::text, $2::text, $3::text, $4::text, $5::jsonb, $6::float8, $7::float8, $8::float8,
-       $9::float8, $10::text, $11::text, $12::timestamptz, $13::jsonb, create_time
-FROM new_id
+       $9::float8, $10::text, $11::text, $12::timestamptz, $13::jsonb, claimed.create_time
+FROM predictstore_claim_prediction_id($1::text) AS claimed (create_time)
 RETURNING {COLUMNS}
 """
 
@@ -53,21 +50,28 @@ CREATE TEMP TABLE IF NOT EXISTS predictions_staging (
 ) ON COMMIT DELETE ROWS
 """
 
-# Moves the staged rows into predictions; returns the ids that were new (those whose id
-# prediction_ids took).
-INSERT_FROM_STAGING = f"""
-WITH new_ids AS (
+# Takes the staged ids that are new into prediction_ids and removes the staged rows whose
+# id was taken; returns those ids.
+CLAIM_STAGED_IDS = """
+WITH claimed AS (
     INSERT INTO prediction_ids (prediction_id, create_time)
     SELECT prediction_id, now() FROM predictions_staging
     ON CONFLICT (prediction_id) DO NOTHING
-    RETURNING prediction_id, create_time
+    RETURNING prediction_id
 )
+DELETE FROM predictions_staging s
+WHERE NOT EXISTS (SELECT FROM claimed c WHERE c.prediction_id = s.prediction_id)
+RETURNING s.prediction_id
+"""
+
+# Moves the staged rows (after CLAIM_STAGED_IDS: those with a new id) into predictions;
+# returns their ids.
+INSERT_FROM_STAGING = f"""
 INSERT INTO predictions ({COLUMNS})
-SELECT s.prediction_id, s.user_id, s.context, s.prediction_type, s.payload::jsonb,
-       s.confidence, s.forecast_value, s.forecast_lower, s.forecast_upper, s.model_name,
-       s.model_version, s.target_time, s.metadata::jsonb, n.create_time
-FROM predictions_staging s
-JOIN new_ids n USING (prediction_id)
+SELECT prediction_id, user_id, context, prediction_type, payload::jsonb, confidence,
+       forecast_value, forecast_lower, forecast_upper, model_name, model_version, target_time,
+       metadata::jsonb, now()
+FROM predictions_staging
 RETURNING prediction_id
 """
 
@@ -220,9 +224,9 @@ class PredictionStore:
     async def create_many(self, items: Sequence[Prediction]) -> BulkResult:
         """Store ``items`` (unique ids) by one COPY; classify the ids that were taken.
 
-        COPY into a temporary staging table and one INSERT ... SELECT whose ids go through
-        prediction_ids with ON CONFLICT DO NOTHING keep the per-id idempotency of a plain
-        INSERT at the speed of COPY.
+        COPY into a temporary staging table, its ids claimed in prediction_ids with ON
+        CONFLICT DO NOTHING (the rows of taken ids leave the staging table), and one INSERT
+        ... SELECT keep the per-id idempotency of a plain INSERT at the speed of COPY.
         """
         result = BulkResult()
         if not items:
@@ -239,6 +243,7 @@ class PredictionStore:
             await conn.copy_records_to_table(
                 "predictions_staging", records=records, columns=BULK_COLUMNS
             )
+            await conn.fetch(CLAIM_STAGED_IDS)
             inserted = {r["prediction_id"] for r in await conn.fetch(INSERT_FROM_STAGING)}
             taken = [p for p in items if p.prediction_id not in inserted]
             stored = {}
