@@ -144,7 +144,7 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
 async def reset(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("TRUNCATE predictions")
+        await conn.execute("TRUNCATE predictions, prediction_ids")
     finally:
         await conn.close()
 
