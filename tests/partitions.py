@@ -127,3 +127,16 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from plan_nodes(child)
+
+
+async def make_partitions(conn: asyncpg.Connection, start: datetime, end: datetime) -> None:
+    """PostgreSQL mode: the daily partitions of predictions from ``start``'s day to
+    ``end``'s exist, for rows a test writes by SQL on days the store has not made."""
+    mode = await conn.fetchval("SELECT value FROM predictstore_meta WHERE key = 'storage_mode'")
+    if mode == "postgresql":
+        await conn.fetchval(
+            "SELECT predictstore_ensure_prediction_partitions("
+            "$1::timestamptz::date, $2::timestamptz::date)",
+            start,
+            end,
+        )

@@ -276,11 +276,10 @@ async def test_batch_ids_older_than_the_dedupe_horizon_are_forgotten(pg_db: Data
 
 async def test_outcomes_without_a_prediction_past_the_horizon_go(pg_db: Database) -> None:
     """Unmatched outcomes wait the horizon; matched ones go with their prediction."""
-    await pg_db.pool.execute(
-        "INSERT INTO predictions (prediction_id, user_id, prediction_type, create_time) "
-        "VALUES ('kept', 'u', 't', now() - interval '40 days'),"
-        " ('expired', 'u', 't', now() - interval '400 days')"
-    )
+    await PredictionStore(pg_db).create_many([_prediction("kept"), _prediction("expired")])
+    async with pg_db.connection() as conn:
+        await backdate_predictions(conn, ["kept"], days=40)
+        await backdate_predictions(conn, ["expired"], days=400)
     ages = {
         "kept": timedelta(days=40),  # matched: stays as long as its prediction
         "expired": timedelta(days=40),  # its prediction goes by retention, then it goes
@@ -297,7 +296,7 @@ async def test_outcomes_without_a_prediction_past_the_horizon_go(pg_db: Database
     policy = LifecyclePolicy(prediction_retention_days=365, batch_rows=1)
     report = await Maintenance(pg_db, policy).run()
     by_table = {r.table_name: r for r in report.rows_deleted}
-    assert by_table["predictions"].rows_deleted == 1
+    assert by_table["prediction_ids"].rows_deleted == 1
     assert (by_table["outcomes"].rows_deleted, by_table["outcomes"].complete) == (2, True)
     rows = await pg_db.pool.fetch("SELECT prediction_id FROM outcomes ORDER BY 1")
     assert [r[0] for r in rows] == ["kept", "waiting"]

@@ -290,15 +290,16 @@ class Maintenance:
                     await self._partitions(conn, report)
                 else:
                     await self._policies(conn, report)
-                await self._expire_predictions(conn, report)
+                cutoff = await self._expire_predictions(conn, report)
                 for table, statement in _ROW_RETENTION:
                     keep = self._kept_for(table)
                     if keep is not None:
-                        cutoff = datetime.now(UTC) - keep
                         report.rows_deleted.append(
-                            await self._delete_rows(conn, table, statement, cutoff)
+                            await self._delete_rows(
+                                conn, table, statement, datetime.now(UTC) - keep
+                            )
                         )
-                await self._evaluation(conn, report)
+                await self._evaluation(conn, report, cutoff)
             finally:
                 # if this fails (a cancelled run), the pool's reset on release runs
                 # pg_advisory_unlock_all(), and a closed connection holds no lock
@@ -319,11 +320,14 @@ class Maintenance:
         )
         return report
 
-    async def _evaluation(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
-        """Evaluation rollup: rows past prediction retention deleted, dirty cells refreshed."""
-        keep = _days(self.policy.prediction_retention_days)
-        if keep is not None:
-            cutoff = datetime.now(UTC) - keep
+    async def _evaluation(
+        self, conn: asyncpg.Connection, report: MaintenanceReport, cutoff: datetime | None
+    ) -> None:
+        """Evaluation rollup: rows before the predictions' retention ``cutoff`` (the start
+        of the first day kept, None when kept forever) deleted, dirty cells refreshed.
+        The cutoff is the predictions' own, so the rollup keeps every hour whose
+        predictions are kept."""
+        if cutoff is not None:
             for table, deleted, complete in await self.evaluation.delete_expired(
                 conn, cutoff, self.policy.batch_rows, self.policy.max_batches
             ):
@@ -396,16 +400,17 @@ class Maintenance:
 
     async def _expire_predictions(
         self, conn: asyncpg.Connection, report: MaintenanceReport
-    ) -> None:
+    ) -> datetime | None:
         """Prediction retention, whole days at a time, in either mode.
 
         The ids before the cutoff go first (batched, oldest first), then the partitions or
         chunks wholly before the oldest id left: so no id outlives its row, and a run that
-        stops at its batch bound still drops the days whose ids it finished.
+        stops at its batch bound still drops the days whose ids it finished. Returns the
+        cutoff (the start of the first day kept), None when predictions are kept forever.
         """
         days = self.policy.prediction_retention_days
         if days <= 0:
-            return
+            return None
         timescale = self.db.mode == "timescaledb"
         cutoff_sql = SELECT_PREDICTION_CUTOFF_TIMESCALEDB if timescale else SELECT_PREDICTION_CUTOFF
         cutoff: datetime = await conn.fetchval(cutoff_sql, days)
@@ -423,7 +428,7 @@ class Maintenance:
                     conn, name
                 ):
                     report.partitions_dropped.append(name)
-            return
+            return cutoff
         try:
             async with conn.transaction():
                 await conn.execute(SET_LOCK_TIMEOUT)
@@ -433,8 +438,9 @@ class Maintenance:
                 "prediction chunks busy, dropped next run",
                 extra={"action": "partition_drop_deferred", "table": "predictions"},
             )
-            return
+            return cutoff
         report.partitions_dropped.extend(dropped)
+        return cutoff
 
     async def _policies(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
         """TimescaleDB mode: retention and compression policies as the settings say."""
