@@ -6,7 +6,8 @@ small JSON payload and metadata, a forecast on every other one). Measured:
 - bulk writes, each on an empty predictions table: raw COPY (asyncpg
   copy_records_to_table of the rows straight into predictions, in batches of 1,000 and
   of 20,000, one connection, records with json already text built before the clock
-  starts: the most favourable baseline) against BatchCreatePredictions (a real
+  starts: the most favourable baseline; it does not claim the ids in prediction_ids,
+  which the service does with a second COPY in the same transaction) against BatchCreatePredictions (a real
   ``predictstore serve`` process, one client stream of pre-serialised messages of 1,000
   and of 20,000 items, until the reply, sent after every COMMIT, has arrived);
 - unary calls: CreatePrediction (new ids) and GetPrediction (random stored ids) from
@@ -159,6 +160,8 @@ async def stored(url: str) -> int:
 
 
 async def raw_copy(url: str, records: list[tuple[Any, ...]], batch: int) -> float:
+    """Rows/s of a COPY into predictions alone: no ids claimed in prediction_ids, no
+    uniqueness, no dirty marks (the floor the service is compared with)."""
     await reset(url)
     conn = await asyncpg.connect(url)
     try:
