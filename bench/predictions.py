@@ -8,8 +8,9 @@ small JSON payload and metadata, a forecast on every other one). Measured:
   of 20,000, one connection, records with json already text built before the clock
   starts: the most favourable baseline; it does not claim the ids in prediction_ids,
   which the service does with a second COPY in the same transaction) against
-  BatchCreatePredictions (a real ``predictstore serve`` process, one client stream of pre-serialised messages of 1,000
-  and of 20,000 items, until the reply, sent after every COMMIT, has arrived);
+  BatchCreatePredictions (a real ``predictstore serve`` process, one client stream of
+  pre-serialised messages of 1,000 and of 20,000 items, until the reply, sent after
+  every COMMIT, has arrived);
 - unary calls: CreatePrediction (new ids) and GetPrediction (random stored ids) from
   --clients client processes (default 2) with --in-flight calls each, calls/s and
   p50/p99 latency, against a bare grpc.aio server with an asyncpg pool running the same
