@@ -1,4 +1,5 @@
-"""Storage lifecycle: metric partitions or TimescaleDB policies, and row retention.
+"""Storage lifecycle: metric partitions or TimescaleDB policies, row retention and (in
+PostgreSQL mode) the refresh of the hourly rollup.
 
 One run holds a session-level advisory lock on its own connection, so when several
 replicas run maintenance only one works at a time; if the process dies, the connection
@@ -18,8 +19,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from predictstore.storage import metrics_rollup
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.database import Database
+from predictstore.storage.metrics_rollup import RollupRefresh
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,9 @@ class LifecyclePolicy:
     partitions_ahead_days: int = 7
     batch_rows: int = 5000
     max_batches: int = 200
+    # PostgreSQL mode: the rollup is materialised up to this long ago (TimescaleDB's
+    # policy: an hour), so the hours still being written to are read raw
+    rollup_lag_s: float = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +172,7 @@ class MaintenanceReport:
     partitions_dropped: list[str] = field(default_factory=list)
     rows_deleted: list[RowsDeleted] = field(default_factory=list)
     policies_changed: list[PolicyChange] = field(default_factory=list)
+    rollup: RollupRefresh | None = None
 
 
 def _quote_ident(name: str) -> str:
@@ -196,6 +203,9 @@ class Maintenance:
                 report.ran = True
                 if self.db.mode == "postgresql":
                     await self._partitions(conn, report)
+                    report.rollup = await metrics_rollup.refresh(
+                        conn, datetime.now(UTC) - timedelta(seconds=self.policy.rollup_lag_s)
+                    )
                 else:
                     await self._policies(conn, report)
                 for table, statement in _ROW_RETENTION:
@@ -246,6 +256,7 @@ class Maintenance:
             try:
                 async with conn.transaction():
                     await conn.execute(SET_LOCK_TIMEOUT)
+                    await conn.execute(metrics_rollup.INVALIDATE_PARTITION, name)
                     await conn.execute(f"DROP TABLE IF EXISTS {_quote_ident(name)}")
             except asyncpg.LockNotAvailableError:
                 log.warning(

@@ -6,11 +6,12 @@ three (the table has no unique key), so a resume position also counts how many p
 with exactly that key were delivered: the resumed read skips that many and no more.
 
 Aggregations come from raw rows (date_bin in PostgreSQL mode, time_bucket in TimescaleDB
-mode). In TimescaleDB mode, when the bucket width is a whole number of hours and no
-percentile is asked for, they come from the hourly continuous aggregate
-``metric_points_hourly`` for the hours it has materialised (below its watermark) and from
-raw rows for the rest (the not-yet-materialised tail and partial hours at the edges), so
-the answer is the one a raw scan gives. Percentiles always come from raw rows.
+mode). When the bucket width is a whole number of hours and no percentile is asked for,
+they come from the hourly rollup ``metric_points_hourly`` (TimescaleDB's continuous
+aggregate, or in PostgreSQL mode the service's table, storage/metrics_rollup.py) for the
+hours it has materialised and nothing has invalidated since, and from raw rows for the
+rest (the not-yet-materialised tail, hours written to since, partial hours at the edges),
+so the answer is the one a raw scan gives. Percentiles always come from raw rows.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from predictstore.errors import ResourceExhausted
+from predictstore.storage import metrics_rollup
 from predictstore.storage.database import Database, Params
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -324,13 +326,13 @@ def aggregate_query(
     groups: Groups,
     spec: BucketSpec,
     after: BucketKey | None,
-    rollup: tuple[datetime, datetime] | None = None,
+    rollup: Sequence[tuple[datetime, datetime]] = (),
     *,
     every_series: bool = False,
 ) -> tuple[str, list[Any]]:
     """AGGREGATE_POINTS: buckets per (group index, bucket start), ordered so, from a
-    keyset position on. ``rollup`` is the hour range [a, b) to take from the hourly
-    continuous aggregate (raw rows cover the rest of the range). ``every_series`` (the
+    keyset position on. ``rollup`` holds the hour ranges [a, b), in time order, to take
+    from the hourly rollup (raw rows cover the rest of the range). ``every_series`` (the
     filter selects every series) drops the ``series_id = ANY`` test, which costs more per
     row than it saves then: the join with the groups still keeps only the listed series."""
     p = Params()
@@ -340,7 +342,7 @@ def aggregate_query(
     width = f"{p(timedelta(microseconds=spec.width_us))}::interval"
     start, end = p(spec.start), p(spec.end)
     in_series = "true" if every_series else f"series_id = ANY({ids}::int4[])"
-    if rollup is None and spec.percentiles:
+    if not rollup and spec.percentiles:
         # percentiles need every value of a group: one level, over raw rows
         ctes.append(
             f"agg AS (SELECT g.gid, {_bucket(mode, width, 'pt.time')} AS bucket,"
@@ -351,7 +353,7 @@ def aggregate_query(
             f" WHERE {in_series} AND pt.time >= {start} AND pt.time < {end}"
             " GROUP BY 1, 2)"
         )
-    elif rollup is None:
+    elif not rollup:
         # per series first (integer keys, hashed), then per group: far cheaper than
         # sorting every row by group
         ctes.append(
@@ -366,19 +368,26 @@ def aggregate_query(
             " NULL::float8[] AS pct FROM per_series ps JOIN g USING (series_id) GROUP BY 1, 2)"
         )
     else:
-        a, b = p(rollup[0]), p(rollup[1])
+        hour = (
+            "time_bucket(INTERVAL '1 hour', time)"
+            if mode == "timescaledb"
+            else f"date_bin(INTERVAL '1 hour', time, {BUCKET_ORIGIN_SQL})"
+        )
         raw_hours = (
-            "SELECT series_id, time_bucket(INTERVAL '1 hour', time) AS hour, count(*) AS n,"
+            f"SELECT series_id, {hour} AS hour, count(*) AS n,"
             " sum(value) AS total, min(value) AS lo, max(value) AS hi FROM metric_points"
             f" WHERE {in_series} AND time >= {{lo}} AND time < {{hi}} GROUP BY 1, 2"
         )
+        bounds = [(p(a), p(b)) for a, b in rollup]
+        in_rollup = " OR ".join(f"bucket >= {a} AND bucket < {b}" for a, b in bounds)
+        # raw rows for the gaps between the segments, the edges included
+        gaps = zip([start, *(b for _, b in bounds)], [*(a for a, _ in bounds), end], strict=True)
+        raw = "".join(f" UNION ALL {raw_hours.format(lo=lo, hi=hi)}" for lo, hi in gaps)
         ctes.append(
             "hourly AS ("
             "SELECT series_id, bucket AS hour, point_count AS n, value_sum AS total,"
             f" value_min AS lo, value_max AS hi FROM {ROLLUP_VIEW}"
-            f" WHERE {in_series} AND bucket >= {a} AND bucket < {b}"
-            f" UNION ALL {raw_hours.format(lo=start, hi=a)}"
-            f" UNION ALL {raw_hours.format(lo=b, hi=end)})"
+            f" WHERE {in_series} AND ({in_rollup}){raw})"
         )
         ctes.append(
             f"agg AS (SELECT g.gid, {_bucket(mode, width, 'h.hour')} AS bucket,"
@@ -552,28 +561,33 @@ class MetricsReadStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pending
 
-    async def rollup_range(
+    async def rollup_segments(
         self, spec: BucketSpec, conn: asyncpg.Connection | None = None
-    ) -> tuple[datetime, datetime] | None:
-        """The whole hours of ``spec``'s range the hourly rollup can answer, or None.
+    ) -> list[tuple[datetime, datetime]]:
+        """The whole-hour ranges of ``spec``'s range the hourly rollup answers exactly, in
+        time order; none unless the width is whole hours and no percentile is asked.
 
-        None unless in TimescaleDB mode, the width is whole hours, no percentile is asked,
-        the rollup has materialised some of the range and no write in it awaits a refresh.
+        TimescaleDB mode: the hours below the continuous aggregate's watermark, unless a
+        write in them awaits a refresh. PostgreSQL mode: the hours below the service's
+        watermark that its invalidation log does not name (storage/metrics_rollup.py).
         """
-        if self.db.mode != "timescaledb" or spec.percentiles or spec.width_us % HOUR_US:
-            return None
+        if spec.percentiles or spec.width_us % HOUR_US:
+            return []
         first, last = _ceil_hour(spec.start), _floor_hour(spec.end)
         if first >= last:
-            return None
-        args = (SELECT_ROLLUP_STATE, _internal_time(first), _internal_time(last))
+            return []
         if conn is None:
-            async with self.db.connection() as own:
-                row = await own.fetchrow(*args)
-        else:
-            row = await conn.fetchrow(*args)
+            async with (
+                self.db.connection() as own,
+                own.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                return await self.rollup_segments(spec, own)
+        if self.db.mode == "postgresql":
+            return await metrics_rollup.read_segments(conn, first, last)
+        row = await conn.fetchrow(SELECT_ROLLUP_STATE, _internal_time(first), _internal_time(last))
         if row is None or row[1] or row[0] <= _internal_time(first):
-            return None
-        return first, min(last, micros_to_datetime(row[0]))
+            return []
+        return [(first, min(last, micros_to_datetime(row[0])))]
 
     async def stream_buckets(
         self,
@@ -594,9 +608,13 @@ class MetricsReadStore:
             -(datetime_to_micros(spec.end) - datetime_to_micros(spec.start)) // spec.width_us
         )
         k = len(spec.percentiles)
-        async with self.db.connection() as conn, conn.transaction(readonly=True):
-            rollup = await self.rollup_range(spec, conn) if use_rollup else None
-            if rollup is None:
+        # one snapshot for the rollup's state and the rows it is combined with
+        async with (
+            self.db.connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rollup = await self.rollup_segments(spec, conn) if use_rollup else []
+            if not rollup:
                 await conn.execute(CUSTOM_PLANS)
             sql, args = aggregate_query(
                 self.db.mode, grouped, spec, after, rollup, every_series=every_series
