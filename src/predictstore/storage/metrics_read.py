@@ -527,6 +527,8 @@ async def _window_fetches(
     from the density of the last, to about WINDOW_FETCHES fetches, and found again by
     WINDOW_EDGE after a window that came out sparse (a gap in the data). Windows are
     consecutive time ranges, so together they give the total order of one statement."""
+    if not series_ids:
+        return
     remaining = total
     want = fetch_size if remaining is None else min(fetch_size, remaining)
     width: timedelta | None = None  # unknown density: find the window's end
