@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     )
     metrics_aggregate_use_rollup: bool = Field(
         default=True,
-        description="TimescaleDB mode: answer whole-hour buckets from the hourly rollup "
+        description="Answer whole-hour buckets from the hourly rollup, in both modes "
         "(false: always scan raw rows).",
     )
 

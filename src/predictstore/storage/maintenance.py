@@ -1,5 +1,5 @@
 """Storage lifecycle: metric partitions or TimescaleDB policies, prediction partitions or
-chunks, and row retention.
+chunks, row retention and (in PostgreSQL mode) the refresh of the hourly metric rollup.
 
 One run holds a session-level advisory lock on its own connection, so when several
 replicas run maintenance only one works at a time; if the process dies, the connection
@@ -19,9 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from predictstore.storage import metrics_rollup
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.database import Database
 from predictstore.storage.evaluation import EvaluationStore
+from predictstore.storage.metrics_rollup import RollupRefresh
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +225,9 @@ class LifecyclePolicy:
     partitions_ahead_days: int = 7
     batch_rows: int = 5000
     max_batches: int = 200
+    # PostgreSQL mode: the rollup is materialised up to this long ago (TimescaleDB's
+    # policy: an hour), so the hours still being written to are read raw
+    rollup_lag_s: float = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +259,7 @@ class MaintenanceReport:
     policies_changed: list[PolicyChange] = field(default_factory=list)
     # dirty evaluation cells recomputed into the rollup
     evaluation_cells_refreshed: int = 0
+    rollup: RollupRefresh | None = None
 
 
 def _quote_ident(name: str) -> str:
@@ -288,6 +294,9 @@ class Maintenance:
                 report.ran = True
                 if self.db.mode == "postgresql":
                     await self._partitions(conn, report)
+                    report.rollup = await metrics_rollup.refresh(
+                        conn, datetime.now(UTC) - timedelta(seconds=self.policy.rollup_lag_s)
+                    )
                 else:
                     await self._policies(conn, report)
                 cutoff = await self._expire_predictions(conn, report)
@@ -359,14 +368,19 @@ class Maintenance:
         today = await conn.fetchval(SELECT_CURRENT_DATE)
         cutoff = today - timedelta(days=self.policy.metrics_retention_days)
         for row in await conn.fetch(SELECT_EXPIRED_PARTITIONS, cutoff):
-            if await self._drop_partition(conn, row[0]):
+            if await self._drop_partition(conn, row[0], metric=True):
                 report.partitions_dropped.append(row[0])
 
-    async def _drop_partition(self, conn: asyncpg.Connection, name: str) -> bool:
-        """Drops one partition in its own transaction; False when it was busy."""
+    async def _drop_partition(
+        self, conn: asyncpg.Connection, name: str, *, metric: bool = False
+    ) -> bool:
+        """Drops one partition in its own transaction; False when it was busy. A metric
+        partition's hours are logged for the metric rollup in the same transaction."""
         try:
             async with conn.transaction():
                 await conn.execute(SET_LOCK_TIMEOUT)
+                if metric:
+                    await conn.execute(metrics_rollup.INVALIDATE_PARTITION, name)
                 await conn.execute(f"DROP TABLE IF EXISTS {_quote_ident(name)}")
         except asyncpg.LockNotAvailableError:
             log.warning(
