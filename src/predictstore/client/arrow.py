@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf import json_format
 
+from predictstore.v1 import feedback_service_pb2 as feedback_pb
 from predictstore.v1 import metrics_service_pb2 as metrics_pb
 from predictstore.v1 import prediction_service_pb2 as prediction_pb
 
@@ -29,6 +30,39 @@ POINTS_SCHEMA = pa.schema(
         ("user_id", pa.string()),
         ("tags", TAGS),
         ("value", pa.float64()),
+    ]
+)
+
+# payload and metadata are JSON text: every reader (pandas, DuckDB, Polars) takes it as is
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("prediction_id", pa.string()),
+        ("user_id", pa.string()),
+        ("context", pa.string()),
+        ("prediction_type", pa.string()),
+        ("payload", pa.string()),
+        ("confidence", pa.float64()),
+        ("forecast_value", pa.float64()),
+        ("forecast_lower", pa.float64()),
+        ("forecast_upper", pa.float64()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("target_time", TIME),
+        ("metadata", pa.string()),
+        ("create_time", TIME),
+    ]
+)
+
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("insight_id", pa.string()),
+        ("user_id", pa.string()),
+        ("rating", pa.int32()),
+        ("comment", pa.string()),
+        ("flag_type", pa.string()),
+        ("flag_reason", pa.string()),
+        ("create_time", TIME),
+        ("update_time", TIME),
     ]
 )
 
@@ -123,5 +157,31 @@ def predictions_table(predictions: Sequence[prediction_pb.Prediction]) -> pa.Tab
                 [json_format.MessageToJson(p.metadata, indent=None) for p in predictions]
             ),
             "create_time": pa.array([_micros(p, "create_time") for p in predictions], TIME),
-        }
+        },
+        schema=PREDICTIONS_SCHEMA,
+    )
+
+
+def feedback_table(items: Sequence[feedback_pb.Feedback]) -> pa.Table:
+    """One row per feedback; flag_type by its enum name without the prefix, or null."""
+
+    def flag(f: feedback_pb.Feedback) -> str | None:
+        if not f.flag_type:
+            return None
+        return feedback_pb.FlagType.Name(f.flag_type).removeprefix("FLAG_TYPE_").lower()
+
+    return pa.table(
+        {
+            "insight_id": pa.array([f.insight_id for f in items], pa.string()),
+            "user_id": pa.array([f.user_id for f in items], pa.string()),
+            "rating": pa.array(
+                [f.rating if f.HasField("rating") else None for f in items], pa.int32()
+            ),
+            "comment": pa.array([f.comment for f in items], pa.string()),
+            "flag_type": pa.array([flag(f) for f in items], pa.string()),
+            "flag_reason": pa.array([f.flag_reason for f in items], pa.string()),
+            "create_time": pa.array([_micros(f, "create_time") for f in items], TIME),
+            "update_time": pa.array([_micros(f, "update_time") for f in items], TIME),
+        },
+        schema=FEEDBACK_SCHEMA,
     )

@@ -223,7 +223,7 @@ class Feedback:
         self, request: feedback_pb.ListFeedbackRequest
     ) -> AsyncIterator[feedback_pb.Feedback]:
         async for frame in self._calls.server_stream(self._stub.ListFeedback, request):
-            for item in frame.feedback:
+            for item in frame.feedbacks:
                 yield item
 
     def list_flagged(
