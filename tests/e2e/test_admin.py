@@ -150,6 +150,7 @@ async def test_run_maintenance_reports_what_it_did(admin: AdminServiceStub, db: 
     assert reply.ran
     assert {r.table_name for r in reply.rows_deleted} == {
         "feedback",
+        "import_jobs",
         "metric_batches",
         "outcomes",
         "predictions",

@@ -308,6 +308,34 @@ class Admin:
     ) -> AsyncIterator[admin_pb.ListAuditEventsResponse]:
         return self._calls.server_stream(self._stub.ListAuditEvents, request)
 
+    async def start_import(
+        self, request: admin_pb.StartImportRequest
+    ) -> admin_pb.StartImportResponse:
+        """Start a server-side import job (the path is the server's, in its import_dir)."""
+        reply: admin_pb.StartImportResponse = await self._calls.unary(
+            self._stub.StartImport, request
+        )
+        return reply
+
+    async def get_import_job(self, job_id: str) -> admin_pb.GetImportJobResponse:
+        reply: admin_pb.GetImportJobResponse = await self._calls.unary(
+            self._stub.GetImportJob, admin_pb.GetImportJobRequest(job_id=job_id)
+        )
+        return reply
+
+    def list_import_jobs(
+        self, request: admin_pb.ListImportJobsRequest | None = None
+    ) -> AsyncIterator[admin_pb.ListImportJobsResponse]:
+        return self._calls.server_stream(
+            self._stub.ListImportJobs, request or admin_pb.ListImportJobsRequest()
+        )
+
+    async def cancel_import_job(self, job_id: str) -> admin_pb.CancelImportJobResponse:
+        reply: admin_pb.CancelImportJobResponse = await self._calls.unary(
+            self._stub.CancelImportJob, admin_pb.CancelImportJobRequest(job_id=job_id)
+        )
+        return reply
+
 
 def _with_id(prediction: prediction_pb.Prediction) -> prediction_pb.Prediction:
     if prediction.prediction_id:

@@ -119,11 +119,20 @@ WHERE ctid = ANY (ARRAY(
 ))
 """
 
+# Deletes one batch of import jobs that ended before $1 (running and paused ones stay).
+DELETE_OLD_IMPORT_JOBS = """
+DELETE FROM import_jobs
+WHERE job_id = ANY (ARRAY(SELECT job_id FROM import_jobs
+                          WHERE status IN ('completed', 'failed', 'cancelled')
+                            AND finish_time < $1 LIMIT $2))
+"""
+
 _ROW_RETENTION = (
     ("feedback", DELETE_OLD_FEEDBACK),
     ("predictions", DELETE_OLD_PREDICTIONS),
     ("metric_batches", DELETE_OLD_METRIC_BATCHES),
     ("outcomes", DELETE_OLD_UNMATCHED_OUTCOMES),
+    ("import_jobs", DELETE_OLD_IMPORT_JOBS),
 )
 
 # TimescaleDB policies: (policy, job proc_name, config key, remove, add)
@@ -154,6 +163,7 @@ class LifecyclePolicy:
     partitions_ahead_days: int = 7
     batch_rows: int = 5000
     max_batches: int = 200
+    import_job_retention_days: int = 180
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +325,8 @@ class Maintenance:
             return _days(self.policy.feedback_retention_days)
         if table == "predictions":
             return _days(self.policy.prediction_retention_days)
+        if table == "import_jobs":
+            return _days(self.policy.import_job_retention_days)
         if table == "outcomes":
             horizon = self.policy.unmatched_outcome_horizon_s
             return timedelta(seconds=horizon) if horizon > 0 else None

@@ -28,24 +28,26 @@ ON CONFLICT (prediction_id) DO NOTHING
 RETURNING {COLUMNS}
 """
 
-# The columns a bulk create supplies, in the order of _values (create_time is the store's).
-BULK_COLUMNS = tuple(c.strip() for c in COLUMNS.split(",")[:-1])
+# The columns a bulk create supplies: those of _values, then create_time (None: now()).
+BULK_COLUMNS = tuple(c.strip() for c in COLUMNS.split(","))
 
 # A session-local landing area for COPY: json stays text here, cast once in the INSERT.
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS predictions_staging (
     prediction_id text, user_id text, context text, prediction_type text, payload text,
     confidence float8, forecast_value float8, forecast_lower float8, forecast_upper float8,
-    model_name text, model_version text, target_time timestamptz, metadata text
+    model_name text, model_version text, target_time timestamptz, metadata text,
+    create_time timestamptz
 ) ON COMMIT DELETE ROWS
 """
 
-# Moves the staged rows into predictions; returns the ids that were new.
+# Moves the staged rows into predictions; returns the ids that were new. create_time is
+# the store's, except for imports, which keep the exported one.
 INSERT_FROM_STAGING = f"""
 INSERT INTO predictions ({COLUMNS})
 SELECT prediction_id, user_id, context, prediction_type, payload::jsonb, confidence,
        forecast_value, forecast_lower, forecast_upper, model_name, model_version, target_time,
-       metadata::jsonb, now()
+       metadata::jsonb, coalesce(create_time, now())
 FROM predictions_staging
 ON CONFLICT (prediction_id) DO NOTHING
 RETURNING prediction_id
@@ -177,6 +179,7 @@ class PredictionStore:
             row = list(_values(p))
             row[4] = _dump(row[4])
             row[12] = _dump(row[12])
+            row.append(p.create_time)  # set only by imports
             records.append(row)
         async with self.db.connection() as conn, conn.transaction():
             await conn.execute(CREATE_STAGING)
