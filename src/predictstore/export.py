@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 FORMATS = ("parquet", "csv", "ndjson")
 ROW_GROUP_ROWS = 262_144
 CHUNK_ITEMS = 5_000
+QUEUE_FRAMES = 4
 T = TypeVar("T")
 ARROW_MISSING = (
     "export and import files need pyarrow: pip install 'predictstore[arrow]' (the 'arrow' extra)"
@@ -91,6 +92,14 @@ def add_export_parser(commands: Any, add_server_flags: Callable[[Any], None]) ->
     )
     metrics.add_argument(
         "--tag", action="append", default=[], type=_tag, help="KEY=VALUE the series has (repeat)"
+    )
+    metrics.add_argument(
+        "--parallel",
+        type=int,
+        choices=range(1, 9),
+        default=2,
+        metavar="N",
+        help="read N slices of the range at once, written in order (1-8, default 2)",
     )
     predictions = kinds.add_parser("predictions", help="predictions created in a time range")
     for flag in ("--user-id", "--context", "--prediction-type", "--model-name"):
@@ -294,6 +303,44 @@ async def _metric_frames(
             request.resume_token = token
 
 
+async def _parallel_frames(
+    client: Client,
+    request: metrics_pb.QueryMetricsRequest,
+    start: datetime,
+    end: datetime,
+    parts: int,
+) -> AsyncIterator[metrics_pb.QueryMetricsResponse]:
+    """The frames of ``parts`` consecutive slices of the range, read at once and yielded
+    in order: the server's Python work overlaps with the database's and the client's.
+    Each slice buffers at most QUEUE_FRAMES frames; past that its stream waits (gRPC flow
+    control), so memory stays bounded whatever the range holds."""
+    span = (end - start) / parts
+    bounds = [start + span * i for i in range(parts)] + [end]
+    queues: list[asyncio.Queue[metrics_pb.QueryMetricsResponse | None]] = [
+        asyncio.Queue(QUEUE_FRAMES) for _ in range(parts)
+    ]
+
+    async def read(i: int) -> None:
+        part = metrics_pb.QueryMetricsRequest()
+        part.CopyFrom(request)
+        part.filter.start_time.CopyFrom(_timestamp(bounds[i]))
+        part.filter.end_time.CopyFrom(_timestamp(bounds[i + 1]))
+        async for frame in _metric_frames(client, part):
+            await queues[i].put(frame)
+        await queues[i].put(None)
+
+    tasks = [asyncio.create_task(read(i)) for i in range(parts)]
+    try:
+        for i, queue in enumerate(queues):
+            while (frame := await queue.get()) is not None:
+                yield frame
+            await tasks[i]  # its error, if it failed
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _chunks(items: AsyncIterator[T], size: int = CHUNK_ITEMS) -> AsyncIterator[list[T]]:
     """Items in lists of ``size``: one Arrow table per list, not per item."""
     chunk: list[T] = []
@@ -328,10 +375,12 @@ async def _export(client: Client, args: argparse.Namespace, fmt: str) -> int:
         )
 
         async def metric_tables() -> AsyncIterator[tuple[pa.Table, datetime | None]]:
-            async for frame in _metric_frames(client, request):
+            converter = arrow.PointFrames()
+            async for frame in _parallel_frames(client, request, start, end, args.parallel):
                 times = frame.columns.time_unix_micros
-                last = datetime.fromtimestamp(times[-1] / 1e6, UTC) if len(times) else None
-                yield arrow.points_table([frame]), last
+                if len(times):
+                    last = datetime.fromtimestamp(times[-1] / 1e6, UTC)
+                    yield converter.table(frame.columns), last
 
         tables = metric_tables()
     elif kind == "predictions":
@@ -375,7 +424,9 @@ async def _export(client: Client, args: argparse.Namespace, fmt: str) -> int:
     sink = Sink(args.output, fmt, schema)
     try:
         async for table, last in tables:
-            sink.write(table)
+            # in a thread: pyarrow encodes and compresses without the GIL, while frames
+            # keep arriving
+            await asyncio.to_thread(sink.write, table)
             progress.update(sink.rows, last, descending=descending)
     finally:
         sink.close()

@@ -67,28 +67,68 @@ FEEDBACK_SCHEMA = pa.schema(
 )
 
 
-def _frame_points(columns: metrics_pb.PointColumns) -> pa.Table:
-    indexes = pa.array(np.asarray(columns.series_indexes, dtype=np.int32))
-    series = columns.series
-    by_series = {
-        "metric_name": pa.array([s.metric_name for s in series], pa.string()),
-        "prediction_id": pa.array([s.prediction_id for s in series], pa.string()),
-        "user_id": pa.array([s.user_id for s in series], pa.string()),
-        "tags": pa.array([sorted(s.tags.items()) for s in series], TAGS),
-    }
-    return pa.table(
-        {
-            "time": pa.array(np.asarray(columns.time_unix_micros, dtype=np.int64), TIME),
-            **{name: values.take(indexes) for name, values in by_series.items()},
-            "value": pa.array(np.asarray(columns.values, dtype=np.float64)),
-        },
-        schema=POINTS_SCHEMA,
-    )
+class PointFrames:
+    """Turns QueryMetrics frames into tables, remembering the series it has seen.
+
+    Every frame carries the keys of the series its points use; over a long read the same
+    series come back in frame after frame. Each key is recognised by its wire bytes (one
+    C-level serialisation, not a Python object per tag) and converted once, so a frame
+    costs Python work only for series not seen before. The memory held is one entry per
+    distinct series (a read matches at most metrics_query_max_series of them).
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[bytes, int] = {}
+        self._new: list[metrics_pb.SeriesKey] = []
+        self._columns: dict[str, pa.Array] = {
+            "metric_name": pa.array([], pa.string()),
+            "prediction_id": pa.array([], pa.string()),
+            "user_id": pa.array([], pa.string()),
+            "tags": pa.array([], TAGS),
+        }
+
+    def _positions(self, series: Sequence[metrics_pb.SeriesKey]) -> Any:
+        index, new = self._index, self._new
+        positions = []
+        for key in series:
+            wire = key.SerializeToString()
+            at = index.get(wire)
+            if at is None:
+                at = index[wire] = len(index)
+                new.append(key)
+            positions.append(at)
+        if new:
+            added = {
+                "metric_name": pa.array([s.metric_name for s in new], pa.string()),
+                "prediction_id": pa.array([s.prediction_id for s in new], pa.string()),
+                "user_id": pa.array([s.user_id for s in new], pa.string()),
+                "tags": pa.array([sorted(s.tags.items()) for s in new], TAGS),
+            }
+            self._columns = {
+                name: pa.concat_arrays([self._columns[name], added[name]]) for name in added
+            }
+            new.clear()
+        return np.asarray(positions, dtype=np.int32)
+
+    def table(self, columns: metrics_pb.PointColumns) -> pa.Table:
+        """One row per point of one frame's columns."""
+        positions = self._positions(columns.series)
+        local = np.asarray(columns.series_indexes, dtype=np.int32)
+        rows = pa.array(positions[local] if len(positions) else local)
+        return pa.table(
+            {
+                "time": pa.array(np.asarray(columns.time_unix_micros, dtype=np.int64), TIME),
+                **{name: values.take(rows) for name, values in self._columns.items()},
+                "value": pa.array(np.asarray(columns.values, dtype=np.float64)),
+            },
+            schema=POINTS_SCHEMA,
+        )
 
 
 def points_table(frames: Sequence[metrics_pb.QueryMetricsResponse]) -> pa.Table:
     """One row per point of the frames, in their order."""
-    tables = [_frame_points(f.columns) for f in frames if len(f.columns.values)]
+    converter = PointFrames()
+    tables = [converter.table(f.columns) for f in frames if len(f.columns.values)]
     if not tables:
         return POINTS_SCHEMA.empty_table()
     return pa.concat_tables(tables)
