@@ -99,6 +99,10 @@ class ChunkResult:
                 self.first_reason = echo(f"{where}: {reason}", 400)
 
 
+# a chunk checked and encoded, and the coroutine function that stores it
+Prepared = tuple[ChunkResult, Callable[[], Coroutine[Any, Any, None]]]
+
+
 def _arrow() -> Any:
     try:
         from predictstore.domain import import_files
@@ -231,29 +235,46 @@ class ImportRunner:
         importer = self._importer(job.kind)
         reader = files.chunks(path, job.format, job.kind, chunk_rows, start)
         done = start
+        # one chunk's commit runs while the next is read and prepared; rows_done
+        # advances past a chunk only after its commit, in file order
+        committing: asyncio.Task[None] | None = None
+        pending: tuple[int, ChunkResult] | None = None
         try:
             while True:
                 table = await asyncio.to_thread(next, reader, None)
+                if table is not None:
+                    batch_id = f"import:{job.file_key}:{chunk_rows}:{done}"
+                    prepared = await importer(table, batch_id)
+                    done += table.num_rows
+                if committing is not None and pending is not None:
+                    await committing
+                    committing = None
+                    if not await self.jobs.advance(
+                        job.job_id, self.owner, pending[0], pending[1].rejected,
+                        pending[1].first_reason,
+                    ):  # fmt: skip
+                        log.info(
+                            "import stopped",
+                            extra={"action": "import_stop", "job_id": job.job_id},
+                        )
+                        return
                 if table is None:
                     break
-                batch_id = f"import:{job.file_key}:{chunk_rows}:{done}"
-                result = await importer(table, batch_id)
-                done += table.num_rows
-                if not await self.jobs.advance(
-                    job.job_id, self.owner, done, result.rejected, result.first_reason
-                ):
-                    log.info(
-                        "import stopped", extra={"action": "import_stop", "job_id": job.job_id}
-                    )
-                    return
+                result, commit = prepared
+                committing = asyncio.create_task(commit())
+                pending = (done, result)
         finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
+                with contextlib.suppress(BaseException):
+                    await committing
             close = getattr(reader, "close", None)
             if close is not None:
                 close()
         await self.jobs.finish(job.job_id, self.owner, "completed")
         log.info("import completed", extra={"action": "import_done", "job_id": job.job_id})
 
-    def _importer(self, kind: str) -> Callable[[Any, str], Coroutine[Any, Any, ChunkResult]]:
+    def _importer(self, kind: str) -> Callable[[Any, str], Coroutine[Any, Any, Prepared]]:
         return {
             "metrics": self._metrics_chunk,
             "predictions": self._predictions_chunk,
@@ -262,7 +283,7 @@ class ImportRunner:
 
     # -- metrics ---------------------------------------------------------------------
 
-    async def _metrics_chunk(self, table: Any, batch_id: str) -> ChunkResult:
+    async def _metrics_chunk(self, table: Any, batch_id: str) -> Prepared:
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -313,7 +334,8 @@ class ImportRunner:
                 uids[uid_codes[row]],
                 tag_sets[tag_codes[row]],
             )
-            violations = validate_series(key, limits)
+            cached = self._series.cached(key) is not None
+            violations = [] if cached else validate_series(key, limits)
             if violations:
                 rows = (series_of_row == len(keys)) & ~bad
                 result.reject(int(rows.sum()), violations[0].field, violations[0].description)
@@ -341,13 +363,16 @@ class ImportRunner:
             rejected=n - len(kept),
             days=days_of(times[kept]),
         )
-        await self._metrics.commit([part])
         result.rejected = n - len(kept)
-        return result
+
+        async def commit() -> None:
+            await self._metrics.commit([part])
+
+        return result, commit
 
     # -- predictions and outcomes ----------------------------------------------------
 
-    async def _predictions_chunk(self, table: Any, batch_id: str) -> ChunkResult:
+    async def _predictions_chunk(self, table: Any, batch_id: str) -> Prepared:
         from predictstore.domain.import_files import BAD_ROW
 
         result = ChunkResult()
@@ -373,13 +398,16 @@ class ImportRunner:
                 result.reject(1, "prediction_id", "appears twice in one chunk of the file")
             else:
                 items[p.prediction_id] = p
-        stored = await self._predictions.create_many(list(items.values()))
-        result.reject(
-            len(stored.conflicting), "prediction_id", "is stored with other content (kept)"
-        )
-        return result
 
-    async def _outcomes_chunk(self, table: Any, batch_id: str) -> ChunkResult:
+        async def commit() -> None:
+            stored = await self._predictions.create_many(list(items.values()))
+            result.reject(
+                len(stored.conflicting), "prediction_id", "is stored with other content (kept)"
+            )
+
+        return result, commit
+
+    async def _outcomes_chunk(self, table: Any, batch_id: str) -> Prepared:
         from predictstore.domain.import_files import BAD_ROW
 
         result = ChunkResult()
@@ -405,8 +433,11 @@ class ImportRunner:
                 result.reject(1, violations[0].field, violations[0].description)
             else:
                 items[o.prediction_id] = o  # the last of an id wins, as a correction
-        await self._outcomes.record_many(list(items.values()))
-        return result
+
+        async def commit() -> None:
+            await self._outcomes.record_many(list(items.values()))
+
+        return result, commit
 
 
 def _json_object(value: Any, field: str) -> dict[str, Any]:
@@ -495,14 +526,16 @@ def _tag_codes(
     cols = np.arange(len(entry_codes)) - np.repeat(offsets[:-1], lengths)
     matrix[rows, cols] = entry_codes
     matrix.sort(axis=1)
-    unique, inverse = np.unique(matrix, axis=0, return_inverse=True)
-    sets = [tuple(sorted(pairs[c] for c in u if c >= 0)) for u in unique]
-    return inverse.reshape(-1).astype(np.int64), sets, []
+    # equal rows by one column at a time (1-D uniques are far cheaper than axis=0)
+    inverse, firsts = _combine([matrix[:, j] + 1 for j in range(width)])
+    sets = [tuple(sorted(pairs[c] for c in matrix[i] if c >= 0)) for i in firsts]
+    return inverse, sets, []
 
 
 def _combine(codes: list[npt.NDArray[np.int64]]) -> tuple[npt.NDArray[np.int64], list[int]]:
     """Per row, the index of its distinct combination of codes; a first row of each."""
-    combined = codes[0]
+    _, combined = np.unique(codes[0], return_inverse=True)
+    combined = combined.reshape(-1).astype(np.int64)
     for more in codes[1:]:
         width = int(more.max()) + 1 if len(more) else 1
         _, combined = np.unique(combined * width + more, return_inverse=True)
