@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (
     Points,
+    cpu_seconds,
     prepare_partitions,
     raw_binary_copy,
     raw_copy,
@@ -173,19 +174,27 @@ async def bench(admin_url: str, count: int, workdir: Path, parallel: int = 2) ->
         parquet = workdir / "points.parquet"
         with (
             env(PREDICTSTORE_IMPORT_DIR=str(imports)),
-            server_process(url, workdir) as (
-                target,
-                _,
-            ),
+            server_process(url, workdir) as (target, pid),
         ):
             await wait_serving(target)
+            server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
             exported = await asyncio.to_thread(export, target, points, parquet, parallel)
+            server_cpu = cpu_seconds(pid) - server_cpu
+            client_cpu = time.process_time() - client_cpu
+            per_point = 1e6 / len(points)
+            log(
+                f"  CPU per point: server {server_cpu * per_point:.2f} us, "
+                f"export client {client_cpu * per_point:.2f} us"
+            )
             log(f"export to Parquet, {parallel} slices at once: {exported:,.0f} points/s")
             size_mb = parquet.stat().st_size / 1e6
             csv_mb = (workdir / "copy.csv").stat().st_size / 1e6
             log(f"  Parquet {size_mb:,.1f} MB; COPY CSV {csv_mb:,.1f} MB")
             shutil.move(parquet, imports / parquet.name)
+            server_cpu = cpu_seconds(pid)
             imported = await import_file(target, url, points, parquet.name)
+            server_cpu = cpu_seconds(pid) - server_cpu
+            log(f"  server CPU per point: {server_cpu * per_point:.2f} us")
             log(f"import job of that file: {imported:,.0f} points/s")
     finally:
         conn = await asyncpg.connect(admin_url)

@@ -4,6 +4,7 @@ the rows the service lists, in order; filters go to the server; errors say what 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,8 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from predictstore import cli
-from predictstore.app import RunningServer
+from predictstore.app import RunningServer, start_server
 from predictstore.client import Client
+from predictstore.export import Progress
+from predictstore.settings import Settings
+from predictstore.storage.database import Database
 from predictstore.v1 import feedback_service_pb2 as fpb
 from predictstore.v1 import metrics_service_pb2 as mpb
 from predictstore.v1 import prediction_service_pb2 as pb
@@ -163,3 +167,41 @@ async def test_export_errors_say_what_is_wrong(
     with pytest.raises(SystemExit):
         await asyncio.to_thread(export, server, "metrics", "--start", "yesterday", "-o", str(out))
     assert "is not an ISO 8601 time" in capsys.readouterr().err
+
+
+async def test_an_export_goes_past_the_servers_points_per_call_cap(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    capped = settings.model_copy(update={"metrics_query_max_points": 100})
+    running = await start_server(capped, db, listen="127.0.0.1:0")
+    try:
+        await seed(running)
+        out = tmp_path / "all.parquet"
+        code = await asyncio.to_thread(
+            export, running, "metrics", *window(), "--parallel", "1", "-o", str(out)
+        )
+        assert code == 0
+        times = pq.read_table(out).column("time").to_pylist()
+    finally:
+        await running.stop(0)
+    assert len(times) == 230  # three calls' worth, each cut at the cap
+    assert times == sorted(times)
+
+
+def test_the_progress_line_shows_rate_share_and_eta() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    progress = Progress(start, start + timedelta(hours=10), stream)
+    progress._drawn -= 1  # as if the last line were a second old
+    progress.update(5000, start + timedelta(hours=4))
+    line = stream.getvalue()
+    assert "5,000 rows" in line
+    assert "40.0%" in line
+    assert "ETA" in line
+    quiet = io.StringIO()  # not a terminal: nothing drawn
+    Progress(start, start + timedelta(hours=1), quiet).update(5, start)
+    assert quiet.getvalue() == ""

@@ -160,7 +160,8 @@ class AdminServiceServicer:
         under its import_dir. The job runs in the background, survives restarts (it goes on
         from the last committed chunk; nothing is stored twice) and is watched with
         GetImportJob. A file that cannot be read or lacks a required column is
-        INVALID_ARGUMENT here, before any job exists.
+        INVALID_ARGUMENT here, before any job exists. Starting the same file again stores
+        nothing twice (see ImportJob).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,10 +68,12 @@ WHERE job_id = $1 AND owner = $2 AND status = 'running'
 RETURNING job_id
 """
 
-# Ends a job this server runs: completed or failed.
+# Ends a job this server runs: completed (its total, an estimate for CSV and NDJSON,
+# becomes what it read) or failed.
 FINISH_JOB = """
 UPDATE import_jobs
 SET status = $3, error = CASE WHEN $4 = '' THEN error ELSE $4 END, owner = NULL,
+    rows_total = CASE WHEN $3 = 'completed' THEN rows_done ELSE rows_total END,
     finish_time = now(), update_time = now()
 WHERE job_id = $1 AND owner = $2 AND status = 'running'
 """
