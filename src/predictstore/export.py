@@ -286,12 +286,12 @@ def _timestamp(value: datetime) -> Any:
 
 async def _metric_frames(
     client: Client, request: metrics_pb.QueryMetricsRequest
-) -> AsyncIterator[metrics_pb.QueryMetricsResponse]:
+) -> AsyncIterator[Any]:
     """Every frame of the range, going on past the per-call point cap from the last token."""
     while True:
         token = ""
         try:
-            async for frame in client.metrics.query(request):
+            async for frame in client.metrics.query_wire(request):
                 token = frame.resume_token or token
                 yield frame
             return
@@ -309,16 +309,14 @@ async def _parallel_frames(
     start: datetime,
     end: datetime,
     parts: int,
-) -> AsyncIterator[metrics_pb.QueryMetricsResponse]:
+) -> AsyncIterator[Any]:
     """The frames of ``parts`` consecutive slices of the range, read at once and yielded
     in order: the server's Python work overlaps with the database's and the client's.
     Each slice buffers at most QUEUE_FRAMES frames; past that its stream waits (gRPC flow
     control), so memory stays bounded whatever the range holds."""
     span = (end - start) / parts
     bounds = [start + span * i for i in range(parts)] + [end]
-    queues: list[asyncio.Queue[metrics_pb.QueryMetricsResponse | None]] = [
-        asyncio.Queue(QUEUE_FRAMES) for _ in range(parts)
-    ]
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue(QUEUE_FRAMES) for _ in range(parts)]
 
     async def read(i: int) -> None:
         part = metrics_pb.QueryMetricsRequest()

@@ -74,7 +74,8 @@ class PointFrames:
     series come back in frame after frame. Each key is recognised by its wire bytes (one
     C-level serialisation, not a Python object per tag) and converted once, so a frame
     costs Python work only for series not seen before. The memory held is one entry per
-    distinct series (a read matches at most metrics_query_max_series of them).
+    distinct series (a read matches at most metrics_query_max_series of them). Frames
+    read with ``Metrics.query_wire`` skip even the parse of keys seen before.
     """
 
     def __init__(self) -> None:
@@ -87,16 +88,24 @@ class PointFrames:
             "tags": pa.array([], TAGS),
         }
 
-    def _positions(self, series: Sequence[metrics_pb.SeriesKey]) -> Any:
+    def _positions(self, series: Sequence[Any]) -> Any:
+        """Each frame series' row in the remembered columns; the series are SeriesKey
+        messages or (from raw frames) their wire bytes."""
         index, new = self._index, self._new
-        positions = []
-        for key in series:
-            wire = key.SerializeToString()
-            at = index.get(wire)
-            if at is None:
-                at = index[wire] = len(index)
-                new.append(key)
-            positions.append(at)
+        if len(series) and isinstance(series[0], bytes):
+            wires = list(series)
+        else:
+            wires = [k.SerializeToString() for k in series]
+        positions = list(map(index.get, wires))  # C-level: the common case, all known
+        if None in positions:
+            for i, at in enumerate(positions):
+                if at is None:
+                    wire = wires[i]
+                    at = index.get(wire)
+                    if at is None:
+                        at = index[wire] = len(index)
+                        new.append(metrics_pb.SeriesKey.FromString(wire))
+                    positions[i] = at
         if new:
             added = {
                 "metric_name": pa.array([s.metric_name for s in new], pa.string()),
@@ -110,8 +119,8 @@ class PointFrames:
             new.clear()
         return np.asarray(positions, dtype=np.int32)
 
-    def table(self, columns: metrics_pb.PointColumns) -> pa.Table:
-        """One row per point of one frame's columns."""
+    def table(self, columns: Any) -> pa.Table:
+        """One row per point of one frame's columns (PointColumns, or RawPointColumns)."""
         positions = self._positions(columns.series)
         local = np.asarray(columns.series_indexes, dtype=np.int32)
         rows = pa.array(positions[local] if len(positions) else local)

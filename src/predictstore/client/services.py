@@ -167,6 +167,19 @@ class Metrics:
         """The frames of a range read (points in column form), resuming across failures."""
         return self._calls.server_stream(self._stub.QueryMetrics, request)
 
+    def query_wire(self, request: metrics_pb.QueryMetricsRequest) -> AsyncIterator[Any]:
+        """The frames of a range read with series keys as wire bytes (RawQueryMetricsResponse,
+        see predictstore.client.raw_frames): cheaper for a reader that converts each series
+        once, like arrow.PointFrames. Resumes across failures like ``query``."""
+        from predictstore.client.raw_frames import RawQueryMetricsResponse
+
+        method = self._calls.channel.unary_stream(
+            "/predictstore.v1.MetricsService/QueryMetrics",
+            request_serializer=metrics_pb.QueryMetricsRequest.SerializeToString,
+            response_deserializer=RawQueryMetricsResponse.FromString,
+        )
+        return self._calls.server_stream(method, request)
+
     async def query_table(self, request: metrics_pb.QueryMetricsRequest) -> pyarrow.Table:
         """A range read as a pyarrow.Table, one row per point, built column-wise."""
         from predictstore.client import arrow
