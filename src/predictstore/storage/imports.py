@@ -269,8 +269,11 @@ class ImportRunner:
                 with contextlib.suppress(BaseException):
                     await committing
             close = getattr(reader, "close", None)
-            if close is not None:
-                close()
+            # a read still running in its thread (the job was cancelled while reading)
+            # cannot be closed now: the generator is closed when it is collected
+            with contextlib.suppress(ValueError):
+                if close is not None:
+                    close()
         await self.jobs.finish(job.job_id, self.owner, "completed")
         log.info("import completed", extra={"action": "import_done", "job_id": job.job_id})
 
