@@ -47,6 +47,7 @@ from predictstore.transport.exposure import (
 )
 from predictstore.transport.feedback import FeedbackServicer
 from predictstore.transport.health import HealthReporter
+from predictstore.transport.imports import ImportHandlers
 from predictstore.transport.limits import StreamLimitInterceptor
 from predictstore.transport.metrics import MetricsServicer
 from predictstore.transport.metrics_discovery import SeriesDiscoveryHandlers
@@ -214,6 +215,7 @@ async def start_server(
         ),
         server,
     )
+    imports = ImportHandlers.from_settings(db, settings)
     maintenance = Maintenance(
         db,
         lifecycle_policy(settings),
@@ -226,6 +228,7 @@ async def start_server(
             audit,
             settings,
             ApiKeyHandlers(keys, policy, settings.frame_max_items, settings.frame_max_bytes),
+            imports,
         ),
         server,
     )
@@ -257,6 +260,7 @@ async def start_server(
         runner = MaintenanceRunner(maintenance, settings.maintenance_interval_s, audit)
         running.tasks.append(asyncio.create_task(runner.run()))
     running.tasks.append(asyncio.create_task(key_refresher.run()))
+    running.tasks.append(asyncio.create_task(imports.runner.run()))
     if settings.evaluation_refresh_interval_s > 0:
         refresher = EvaluationRefresher(
             EvaluationStore(db),
@@ -317,6 +321,7 @@ def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
         partitions_ahead_days=settings.partitions_ahead_days,
         batch_rows=settings.retention_batch_rows,
         max_batches=settings.retention_max_batches,
+        import_job_retention_days=settings.import_job_retention_days,
     )
 
 

@@ -1,5 +1,5 @@
-"""The ``predictstore`` command: ``serve``, ``migrate``, ``health``, ``keys`` and the
-operator commands ``status``, ``psql``, ``backup`` and ``restore``."""
+"""The ``predictstore`` command: ``serve``, ``migrate``, ``health``, ``keys``, ``export``,
+``import`` and the operator commands ``status``, ``psql``, ``backup`` and ``restore``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from predictstore import __version__, keys
+from predictstore import __version__, export, import_command, keys
 from predictstore.domain.auth import SCOPES, check_scopes, hash_key, new_key
 from predictstore.errors import PredictstoreError
 from predictstore.keys import add_server_flags
@@ -129,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("name", help="the key's name")
     for sub in (create, listing, revoke):
         add_server_flags(sub)
+    export.add_export_parser(commands, add_server_flags)
+    import_command.add_import_parser(commands, add_server_flags)
     status = commands.add_parser(
         "status", help="storage mode, data location, schema revision, sizes and health"
     )
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         return _health(settings, args)
     if args.command == "keys":
         return keys.run(settings, args)
+    if args.command == "export":
+        return export.run(settings, args)
+    if args.command == "import":
+        return import_command.run(settings, args)
     from predictstore.operations import OperationRefused
 
     try:

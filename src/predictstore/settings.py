@@ -324,6 +324,22 @@ class Settings(BaseSettings):
     retention_max_batches: int = Field(
         default=200, ge=1, description="Most retention batches per table in one maintenance run."
     )
+
+    # import jobs (AdminService.StartImport, predictstore import)
+    import_dir: Path | None = Field(
+        default=None,
+        description="Directory the server reads import files from; StartImport refuses a "
+        "path that resolves outside it. Unset: imports are off.",
+    )
+    import_chunk_rows: int = Field(
+        default=100_000,
+        ge=1,
+        le=1_000_000,
+        description="Rows an import commits at a time (one metrics batch, resume point).",
+    )
+    import_job_retention_days: int = Field(
+        default=180, ge=0, description="Finished import jobs are deleted after this; 0 keeps them."
+    )
     otel_metrics_exporter: Literal["none", "console", "otlp"] = Field(
         default="none",
         description="Where OpenTelemetry metrics go besides Prometheus. otlp reads the standard "

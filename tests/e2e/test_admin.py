@@ -154,6 +154,7 @@ async def test_run_maintenance_reports_what_it_did(admin: AdminServiceStub, db: 
     assert reply.ran
     assert {r.table_name for r in reply.rows_deleted} == {
         "feedback",
+        "import_jobs",
         "metric_batches",
         "outcomes",
         "prediction_ids",  # predictions themselves go by whole partitions

@@ -175,6 +175,7 @@ async def test_row_retention_off_keeps_everything(db: Database) -> None:
             prediction_retention_days=0,
             batch_dedupe_horizon_s=0,
             unmatched_outcome_horizon_s=0,
+            import_job_retention_days=0,
         ),
     ).run()
     assert report.rows_deleted == []

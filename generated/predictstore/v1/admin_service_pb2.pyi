@@ -30,6 +30,29 @@ class ApiKeySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     API_KEY_SOURCE_UNSPECIFIED: _ClassVar[ApiKeySource]
     API_KEY_SOURCE_SETTINGS: _ClassVar[ApiKeySource]
     API_KEY_SOURCE_DATABASE: _ClassVar[ApiKeySource]
+
+class ImportKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMPORT_KIND_UNSPECIFIED: _ClassVar[ImportKind]
+    IMPORT_KIND_METRICS: _ClassVar[ImportKind]
+    IMPORT_KIND_PREDICTIONS: _ClassVar[ImportKind]
+    IMPORT_KIND_OUTCOMES: _ClassVar[ImportKind]
+
+class ImportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMPORT_FORMAT_UNSPECIFIED: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_PARQUET: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_CSV: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_NDJSON: _ClassVar[ImportFormat]
+
+class ImportJobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMPORT_JOB_STATUS_UNSPECIFIED: _ClassVar[ImportJobStatus]
+    IMPORT_JOB_STATUS_RUNNING: _ClassVar[ImportJobStatus]
+    IMPORT_JOB_STATUS_COMPLETED: _ClassVar[ImportJobStatus]
+    IMPORT_JOB_STATUS_FAILED: _ClassVar[ImportJobStatus]
+    IMPORT_JOB_STATUS_CANCELLED: _ClassVar[ImportJobStatus]
+    IMPORT_JOB_STATUS_PAUSED: _ClassVar[ImportJobStatus]
 STORAGE_MODE_UNSPECIFIED: StorageMode
 STORAGE_MODE_TIMESCALEDB: StorageMode
 STORAGE_MODE_POSTGRESQL: StorageMode
@@ -41,6 +64,20 @@ TABLE_KIND_CONTINUOUS_AGGREGATE: TableKind
 API_KEY_SOURCE_UNSPECIFIED: ApiKeySource
 API_KEY_SOURCE_SETTINGS: ApiKeySource
 API_KEY_SOURCE_DATABASE: ApiKeySource
+IMPORT_KIND_UNSPECIFIED: ImportKind
+IMPORT_KIND_METRICS: ImportKind
+IMPORT_KIND_PREDICTIONS: ImportKind
+IMPORT_KIND_OUTCOMES: ImportKind
+IMPORT_FORMAT_UNSPECIFIED: ImportFormat
+IMPORT_FORMAT_PARQUET: ImportFormat
+IMPORT_FORMAT_CSV: ImportFormat
+IMPORT_FORMAT_NDJSON: ImportFormat
+IMPORT_JOB_STATUS_UNSPECIFIED: ImportJobStatus
+IMPORT_JOB_STATUS_RUNNING: ImportJobStatus
+IMPORT_JOB_STATUS_COMPLETED: ImportJobStatus
+IMPORT_JOB_STATUS_FAILED: ImportJobStatus
+IMPORT_JOB_STATUS_CANCELLED: ImportJobStatus
+IMPORT_JOB_STATUS_PAUSED: ImportJobStatus
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_receive_message_bytes", "max_send_message_bytes", "frame_max_items", "frame_max_bytes", "max_id_length", "max_payload_bytes", "max_rejections_reported", "metrics_query_max_points", "metrics_query_max_series", "metrics_aggregate_max_buckets", "metrics_frame_max_points", "metrics_max_series_per_metric", "metrics_max_metric_name_length", "metrics_max_tags", "metrics_max_tag_key_length", "metrics_max_tag_value_length", "metrics_max_point_age", "metrics_max_point_future", "max_comment_length", "max_flag_reason_length", "max_stream_messages", "max_streams_per_caller", "max_metadata_bytes")
@@ -321,3 +358,91 @@ class RevokeApiKeyResponse(_message.Message):
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     api_key: ApiKey
     def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class ImportJob(_message.Message):
+    __slots__ = ("job_id", "kind", "path", "format", "status", "rows_total", "rows_done", "rows_rejected", "progress_percent", "estimated_completion_time", "error", "creator", "create_time", "update_time", "finish_time")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COMPLETION_TIME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: ImportKind
+    path: str
+    format: ImportFormat
+    status: ImportJobStatus
+    rows_total: int
+    rows_done: int
+    rows_rejected: int
+    progress_percent: float
+    estimated_completion_time: _timestamp_pb2.Timestamp
+    error: str
+    creator: str
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[ImportKind, str]] = ..., path: _Optional[str] = ..., format: _Optional[_Union[ImportFormat, str]] = ..., status: _Optional[_Union[ImportJobStatus, str]] = ..., rows_total: _Optional[int] = ..., rows_done: _Optional[int] = ..., rows_rejected: _Optional[int] = ..., progress_percent: _Optional[float] = ..., estimated_completion_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StartImportRequest(_message.Message):
+    __slots__ = ("kind", "path", "format")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    kind: ImportKind
+    path: str
+    format: ImportFormat
+    def __init__(self, kind: _Optional[_Union[ImportKind, str]] = ..., path: _Optional[str] = ..., format: _Optional[_Union[ImportFormat, str]] = ...) -> None: ...
+
+class StartImportResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: ImportJob
+    def __init__(self, job: _Optional[_Union[ImportJob, _Mapping]] = ...) -> None: ...
+
+class GetImportJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetImportJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: ImportJob
+    def __init__(self, job: _Optional[_Union[ImportJob, _Mapping]] = ...) -> None: ...
+
+class ListImportJobsRequest(_message.Message):
+    __slots__ = ("resume_token",)
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    resume_token: str
+    def __init__(self, resume_token: _Optional[str] = ...) -> None: ...
+
+class ListImportJobsResponse(_message.Message):
+    __slots__ = ("jobs", "resume_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[ImportJob]
+    resume_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[ImportJob, _Mapping]]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class CancelImportJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelImportJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: ImportJob
+    def __init__(self, job: _Optional[_Union[ImportJob, _Mapping]] = ...) -> None: ...

@@ -71,6 +71,26 @@ class AdminServiceStub:
                 request_serializer=predictstore_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.StartImport = channel.unary_unary(
+                '/predictstore.v1.AdminService/StartImport',
+                request_serializer=predictstore_dot_v1_dot_admin__service__pb2.StartImportRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.StartImportResponse.FromString,
+                _registered_method=True)
+        self.GetImportJob = channel.unary_unary(
+                '/predictstore.v1.AdminService/GetImportJob',
+                request_serializer=predictstore_dot_v1_dot_admin__service__pb2.GetImportJobRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.GetImportJobResponse.FromString,
+                _registered_method=True)
+        self.ListImportJobs = channel.unary_stream(
+                '/predictstore.v1.AdminService/ListImportJobs',
+                request_serializer=predictstore_dot_v1_dot_admin__service__pb2.ListImportJobsRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.ListImportJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelImportJob = channel.unary_unary(
+                '/predictstore.v1.AdminService/CancelImportJob',
+                request_serializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -135,6 +155,39 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartImport(self, request, context):
+        """Starts a server-side import of a Parquet, CSV or NDJSON file the server can read
+        under its import_dir. The job runs in the background, survives restarts (it goes on
+        from the last committed chunk; nothing is stored twice) and is watched with
+        GetImportJob. A file that cannot be read or lacks a required column is
+        INVALID_ARGUMENT here, before any job exists. Starting the same file again stores
+        nothing twice (see ImportJob).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImportJob(self, request, context):
+        """One import job: status, rows done, progress, estimated completion, error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImportJobs(self, request, context):
+        """Streams the import jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelImportJob(self, request, context):
+        """Cancels a running or paused job; the chunks committed so far stay stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +225,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=predictstore_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'StartImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartImport,
+                    request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.StartImportRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_admin__service__pb2.StartImportResponse.SerializeToString,
+            ),
+            'GetImportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImportJob,
+                    request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.GetImportJobRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_admin__service__pb2.GetImportJobResponse.SerializeToString,
+            ),
+            'ListImportJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListImportJobs,
+                    request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.ListImportJobsRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_admin__service__pb2.ListImportJobsResponse.SerializeToString,
+            ),
+            'CancelImportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelImportJob,
+                    request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,6 +438,114 @@ class AdminService:
             '/predictstore.v1.AdminService/RevokeApiKey',
             predictstore_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
             predictstore_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/predictstore.v1.AdminService/StartImport',
+            predictstore_dot_v1_dot_admin__service__pb2.StartImportRequest.SerializeToString,
+            predictstore_dot_v1_dot_admin__service__pb2.StartImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/predictstore.v1.AdminService/GetImportJob',
+            predictstore_dot_v1_dot_admin__service__pb2.GetImportJobRequest.SerializeToString,
+            predictstore_dot_v1_dot_admin__service__pb2.GetImportJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImportJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/predictstore.v1.AdminService/ListImportJobs',
+            predictstore_dot_v1_dot_admin__service__pb2.ListImportJobsRequest.SerializeToString,
+            predictstore_dot_v1_dot_admin__service__pb2.ListImportJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelImportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/predictstore.v1.AdminService/CancelImportJob',
+            predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobRequest.SerializeToString,
+            predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf import json_format
 
+from predictstore.v1 import feedback_service_pb2 as feedback_pb
 from predictstore.v1 import metrics_service_pb2 as metrics_pb
 from predictstore.v1 import prediction_service_pb2 as prediction_pb
 
@@ -32,29 +33,111 @@ POINTS_SCHEMA = pa.schema(
     ]
 )
 
+# payload and metadata are JSON text: every reader (pandas, DuckDB, Polars) takes it as is
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("prediction_id", pa.string()),
+        ("user_id", pa.string()),
+        ("context", pa.string()),
+        ("prediction_type", pa.string()),
+        ("payload", pa.string()),
+        ("confidence", pa.float64()),
+        ("forecast_value", pa.float64()),
+        ("forecast_lower", pa.float64()),
+        ("forecast_upper", pa.float64()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("target_time", TIME),
+        ("metadata", pa.string()),
+        ("create_time", TIME),
+    ]
+)
 
-def _frame_points(columns: metrics_pb.PointColumns) -> pa.Table:
-    indexes = pa.array(np.asarray(columns.series_indexes, dtype=np.int32))
-    series = columns.series
-    by_series = {
-        "metric_name": pa.array([s.metric_name for s in series], pa.string()),
-        "prediction_id": pa.array([s.prediction_id for s in series], pa.string()),
-        "user_id": pa.array([s.user_id for s in series], pa.string()),
-        "tags": pa.array([sorted(s.tags.items()) for s in series], TAGS),
-    }
-    return pa.table(
-        {
-            "time": pa.array(np.asarray(columns.time_unix_micros, dtype=np.int64), TIME),
-            **{name: values.take(indexes) for name, values in by_series.items()},
-            "value": pa.array(np.asarray(columns.values, dtype=np.float64)),
-        },
-        schema=POINTS_SCHEMA,
-    )
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("insight_id", pa.string()),
+        ("user_id", pa.string()),
+        ("rating", pa.int32()),
+        ("comment", pa.string()),
+        ("flag_type", pa.string()),
+        ("flag_reason", pa.string()),
+        ("create_time", TIME),
+        ("update_time", TIME),
+    ]
+)
+
+
+class PointFrames:
+    """Turns QueryMetrics frames into tables, remembering the series it has seen.
+
+    Every frame carries the keys of the series its points use; over a long read the same
+    series come back in frame after frame. Each key is recognised by its wire bytes (one
+    C-level serialisation, not a Python object per tag) and converted once, so a frame
+    costs Python work only for series not seen before. The memory held is one entry per
+    distinct series (a read matches at most metrics_query_max_series of them). Frames
+    read with ``Metrics.query_wire`` skip even the parse of keys seen before.
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[bytes, int] = {}
+        self._new: list[metrics_pb.SeriesKey] = []
+        self._columns: dict[str, pa.Array] = {
+            "metric_name": pa.array([], pa.string()),
+            "prediction_id": pa.array([], pa.string()),
+            "user_id": pa.array([], pa.string()),
+            "tags": pa.array([], TAGS),
+        }
+
+    def _positions(self, series: Sequence[Any]) -> Any:
+        """Each frame series' row in the remembered columns; the series are SeriesKey
+        messages or (from raw frames) their wire bytes."""
+        index, new = self._index, self._new
+        if len(series) and isinstance(series[0], bytes):
+            wires = list(series)
+        else:
+            wires = [k.SerializeToString() for k in series]
+        positions = list(map(index.get, wires))  # C-level: the common case, all known
+        if None in positions:
+            for i, at in enumerate(positions):
+                if at is None:
+                    wire = wires[i]
+                    at = index.get(wire)
+                    if at is None:
+                        at = index[wire] = len(index)
+                        new.append(metrics_pb.SeriesKey.FromString(wire))
+                    positions[i] = at
+        if new:
+            added = {
+                "metric_name": pa.array([s.metric_name for s in new], pa.string()),
+                "prediction_id": pa.array([s.prediction_id for s in new], pa.string()),
+                "user_id": pa.array([s.user_id for s in new], pa.string()),
+                "tags": pa.array([sorted(s.tags.items()) for s in new], TAGS),
+            }
+            self._columns = {
+                name: pa.concat_arrays([self._columns[name], added[name]]) for name in added
+            }
+            new.clear()
+        return np.asarray(positions, dtype=np.int32)
+
+    def table(self, columns: Any) -> pa.Table:
+        """One row per point of one frame's columns (PointColumns, or RawPointColumns)."""
+        positions = self._positions(columns.series)
+        local = np.asarray(columns.series_indexes, dtype=np.int32)
+        rows = pa.array(positions[local] if len(positions) else local)
+        return pa.table(
+            {
+                "time": pa.array(np.asarray(columns.time_unix_micros, dtype=np.int64), TIME),
+                **{name: values.take(rows) for name, values in self._columns.items()},
+                "value": pa.array(np.asarray(columns.values, dtype=np.float64)),
+            },
+            schema=POINTS_SCHEMA,
+        )
 
 
 def points_table(frames: Sequence[metrics_pb.QueryMetricsResponse]) -> pa.Table:
     """One row per point of the frames, in their order."""
-    tables = [_frame_points(f.columns) for f in frames if len(f.columns.values)]
+    converter = PointFrames()
+    tables = [converter.table(f.columns) for f in frames if len(f.columns.values)]
     if not tables:
         return POINTS_SCHEMA.empty_table()
     return pa.concat_tables(tables)
@@ -123,5 +206,31 @@ def predictions_table(predictions: Sequence[prediction_pb.Prediction]) -> pa.Tab
                 [json_format.MessageToJson(p.metadata, indent=None) for p in predictions]
             ),
             "create_time": pa.array([_micros(p, "create_time") for p in predictions], TIME),
-        }
+        },
+        schema=PREDICTIONS_SCHEMA,
+    )
+
+
+def feedback_table(items: Sequence[feedback_pb.Feedback]) -> pa.Table:
+    """One row per feedback; flag_type by its enum name without the prefix, or null."""
+
+    def flag(f: feedback_pb.Feedback) -> str | None:
+        if not f.flag_type:
+            return None
+        return feedback_pb.FlagType.Name(f.flag_type).removeprefix("FLAG_TYPE_").lower()
+
+    return pa.table(
+        {
+            "insight_id": pa.array([f.insight_id for f in items], pa.string()),
+            "user_id": pa.array([f.user_id for f in items], pa.string()),
+            "rating": pa.array(
+                [f.rating if f.HasField("rating") else None for f in items], pa.int32()
+            ),
+            "comment": pa.array([f.comment for f in items], pa.string()),
+            "flag_type": pa.array([flag(f) for f in items], pa.string()),
+            "flag_reason": pa.array([f.flag_reason for f in items], pa.string()),
+            "create_time": pa.array([_micros(f, "create_time") for f in items], TIME),
+            "update_time": pa.array([_micros(f, "update_time") for f in items], TIME),
+        },
+        schema=FEEDBACK_SCHEMA,
     )

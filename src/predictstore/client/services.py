@@ -167,6 +167,19 @@ class Metrics:
         """The frames of a range read (points in column form), resuming across failures."""
         return self._calls.server_stream(self._stub.QueryMetrics, request)
 
+    def query_wire(self, request: metrics_pb.QueryMetricsRequest) -> AsyncIterator[Any]:
+        """The frames of a range read with series keys as wire bytes (RawQueryMetricsResponse,
+        see predictstore.client.raw_frames): cheaper for a reader that converts each series
+        once, like arrow.PointFrames. Resumes across failures like ``query``."""
+        from predictstore.client.raw_frames import RawQueryMetricsResponse
+
+        method = self._calls.channel.unary_stream(
+            "/predictstore.v1.MetricsService/QueryMetrics",
+            request_serializer=metrics_pb.QueryMetricsRequest.SerializeToString,
+            response_deserializer=RawQueryMetricsResponse.FromString,
+        )
+        return self._calls.server_stream(method, request)
+
     async def query_table(self, request: metrics_pb.QueryMetricsRequest) -> pyarrow.Table:
         """A range read as a pyarrow.Table, one row per point, built column-wise."""
         from predictstore.client import arrow
@@ -223,7 +236,7 @@ class Feedback:
         self, request: feedback_pb.ListFeedbackRequest
     ) -> AsyncIterator[feedback_pb.Feedback]:
         async for frame in self._calls.server_stream(self._stub.ListFeedback, request):
-            for item in frame.feedback:
+            for item in frame.feedbacks:
                 yield item
 
     def list_flagged(
@@ -307,6 +320,34 @@ class Admin:
         self, request: admin_pb.ListAuditEventsRequest
     ) -> AsyncIterator[admin_pb.ListAuditEventsResponse]:
         return self._calls.server_stream(self._stub.ListAuditEvents, request)
+
+    async def start_import(
+        self, request: admin_pb.StartImportRequest
+    ) -> admin_pb.StartImportResponse:
+        """Start a server-side import job (the path is the server's, in its import_dir)."""
+        reply: admin_pb.StartImportResponse = await self._calls.unary(
+            self._stub.StartImport, request
+        )
+        return reply
+
+    async def get_import_job(self, job_id: str) -> admin_pb.GetImportJobResponse:
+        reply: admin_pb.GetImportJobResponse = await self._calls.unary(
+            self._stub.GetImportJob, admin_pb.GetImportJobRequest(job_id=job_id)
+        )
+        return reply
+
+    def list_import_jobs(
+        self, request: admin_pb.ListImportJobsRequest | None = None
+    ) -> AsyncIterator[admin_pb.ListImportJobsResponse]:
+        return self._calls.server_stream(
+            self._stub.ListImportJobs, request or admin_pb.ListImportJobsRequest()
+        )
+
+    async def cancel_import_job(self, job_id: str) -> admin_pb.CancelImportJobResponse:
+        reply: admin_pb.CancelImportJobResponse = await self._calls.unary(
+            self._stub.CancelImportJob, admin_pb.CancelImportJobRequest(job_id=job_id)
+        )
+        return reply
 
 
 def _with_id(prediction: prediction_pb.Prediction) -> prediction_pb.Prediction:

@@ -191,10 +191,19 @@ WHERE ctid = ANY (ARRAY(
 ))
 """
 
+# Deletes one batch of import jobs that ended before $1 (running and paused ones stay).
+DELETE_OLD_IMPORT_JOBS = """
+DELETE FROM import_jobs
+WHERE job_id = ANY (ARRAY(SELECT job_id FROM import_jobs
+                          WHERE status IN ('completed', 'failed', 'cancelled')
+                            AND finish_time < $1 LIMIT $2))
+"""
+
 _ROW_RETENTION = (
     ("feedback", DELETE_OLD_FEEDBACK),
     ("metric_batches", DELETE_OLD_METRIC_BATCHES),
     ("outcomes", DELETE_OLD_UNMATCHED_OUTCOMES),
+    ("import_jobs", DELETE_OLD_IMPORT_JOBS),
 )
 
 # TimescaleDB policies: (policy, job proc_name, config key, remove, add)
@@ -228,6 +237,7 @@ class LifecyclePolicy:
     # PostgreSQL mode: the rollup is materialised up to this long ago (TimescaleDB's
     # policy: an hour), so the hours still being written to are read raw
     rollup_lag_s: float = 3600
+    import_job_retention_days: int = 180
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +487,8 @@ class Maintenance:
         """How long rows of ``table`` are kept; None keeps them forever."""
         if table == "feedback":
             return _days(self.policy.feedback_retention_days)
+        if table == "import_jobs":
+            return _days(self.policy.import_job_retention_days)
         if table == "outcomes":
             horizon = self.policy.unmatched_outcome_horizon_s
             return timedelta(seconds=horizon) if horizon > 0 else None

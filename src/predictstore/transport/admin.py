@@ -11,6 +11,7 @@ from google.protobuf import duration_pb2
 
 from predictstore import __version__
 from predictstore.domain import resume
+from predictstore.errors import FailedPrecondition
 from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.audit import AuditEvent, AuditStore
@@ -18,6 +19,7 @@ from predictstore.storage.maintenance import Maintenance
 from predictstore.transport.admin_keys import ApiKeyHandlers
 from predictstore.transport.convert import optional_datetime, to_timestamp
 from predictstore.transport.frames import framed
+from predictstore.transport.imports import ImportHandlers
 from predictstore.v1 import admin_service_pb2 as pb
 from predictstore.v1 import admin_service_pb2_grpc
 
@@ -95,8 +97,10 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         audit: AuditStore,
         settings: Settings,
         keys: ApiKeyHandlers,
+        imports: ImportHandlers | None = None,
     ) -> None:
         self.keys = keys
+        self.imports = imports
         self.store = store
         self.maintenance = maintenance
         self.audit = audit
@@ -216,6 +220,31 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeApiKeyResponse:
         return await self.keys.revoke(request, context)
+
+    def _imports(self) -> ImportHandlers:
+        if self.imports is None:
+            raise FailedPrecondition("this server runs no import jobs")
+        return self.imports
+
+    async def StartImport(
+        self, request: pb.StartImportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartImportResponse:
+        return await self._imports().start(request, context)
+
+    async def GetImportJob(
+        self, request: pb.GetImportJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetImportJobResponse:
+        return await self._imports().get(request, context)
+
+    def ListImportJobs(
+        self, request: pb.ListImportJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListImportJobsResponse]:
+        return self._imports().list(request, context)
+
+    async def CancelImportJob(
+        self, request: pb.CancelImportJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelImportJobResponse:
+        return await self._imports().cancel(request, context)
 
 
 def _audit_event(e: AuditEvent) -> pb.AuditEvent:

@@ -33,6 +33,8 @@ AUDITED_ADMIN_METHODS = (
     "/predictstore.v1.AdminService/RunMaintenance",
     "/predictstore.v1.AdminService/CreateApiKey",
     "/predictstore.v1.AdminService/RevokeApiKey",
+    "/predictstore.v1.AdminService/StartImport",
+    "/predictstore.v1.AdminService/CancelImportJob",
 )
 
 # The details of the audited call running in this context (None outside of one).

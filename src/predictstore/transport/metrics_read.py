@@ -112,6 +112,17 @@ def series_key(series: Series) -> pb.SeriesKey:
     )
 
 
+def _series_entry(key: pb.SeriesKey) -> bytes:
+    """``key`` as one entry of PointColumns.series (field 1, length-delimited)."""
+    body = key.SerializeToString()
+    size, prefix = len(body), bytearray(b"\x0a")
+    while size > 0x7F:
+        prefix.append(size & 0x7F | 0x80)
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix) + body
+
+
 class PointFrames:
     """Cuts cursor batches into frames of at most ``max_points`` points and about
     ``max_bytes`` bytes, each with the token that resumes right after its last point."""
@@ -126,6 +137,9 @@ class PointFrames:
     ) -> None:
         self.query = query
         self.keys = {s.series_id: series_key(s) for s in series}
+        # each key as a PointColumns.series entry on the wire: a frame parses the joined
+        # entries of its series in one call instead of copying a message per series
+        self.entries = {sid: _series_entry(k) for sid, k in self.keys.items()}
         self.sizes = {sid: k.ByteSize() + SERIES_OVERHEAD for sid, k in self.keys.items()}
         self.max_points = max_points
         self.max_bytes = max_bytes
@@ -158,7 +172,7 @@ class PointFrames:
         local = {sid: k for k, sid in enumerate(order)}
         message = pb.QueryMetricsResponse()
         columns = message.columns
-        columns.series.extend(self.keys[s] for s in order)
+        columns.MergeFromString(b"".join(map(self.entries.__getitem__, order)))
         columns.series_indexes.extend(map(local.__getitem__, sids))
         columns.time_unix_micros.extend(batch.times_us[i:j])
         columns.values.extend(batch.values[i:j])
