@@ -104,9 +104,12 @@ async def points(server: RunningServer) -> list[dict[str, object]]:
 
 
 async def predictions(server: RunningServer) -> list[dict[str, object]]:
+    """Every stored prediction by id, without create_time: an import stores predictions
+    as new ones (the store sets their create_time, which places them in a partition)."""
     async with Client(f"127.0.0.1:{server.port}") as client:
         table = await client.predictions.list_table(pb.ListPredictionsRequest(order=1))
-    return table.to_pylist()
+    rows = [{k: v for k, v in row.items() if k != "create_time"} for row in table.to_pylist()]
+    return sorted(rows, key=lambda row: str(row["prediction_id"]))
 
 
 async def start(server: RunningServer, kind: int, path: str) -> apb.ImportJob:
