@@ -97,6 +97,9 @@ SELECT w.prediction_id, w.created, m.prediction_id IS NOT NULL AS matched
 FROM written AS w LEFT JOIN matched AS m USING (prediction_id)
 """
 
+# Attempts of a column write undone by a deadlock with a concurrent one.
+WRITE_ATTEMPTS = 3
+
 # Binary COPY framing (PostgreSQL's COPY BINARY format) and timestamptz's epoch.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _COPY_TRAILER = b"\xff\xff"
@@ -118,6 +121,8 @@ class BulkOutcomes:
     unchanged: int = 0
     corrected: int = 0
     unmatched: set[str] = field(default_factory=set)
+    # whether some item's id had an outcome stored already (record_columns)
+    met_stored: bool = False
 
 
 def _dump(value: Any) -> str:
@@ -381,20 +386,27 @@ class OutcomeStore:
         result.unmatched = unmatched
         return result
 
-    async def record_columns(self, c: OutcomeColumns) -> BulkOutcomes:
+    async def record_columns(self, c: OutcomeColumns, *, look_up: bool = True) -> BulkOutcomes:
         """record_many for items given as columns (distinct prediction ids): the same
         read, COPY, upsert and marks, with the COPY payload built from the columns and
-        Python work per item only for the ids that already have an outcome."""
+        Python work per item only for the ids that already have an outcome.
+
+        ``look_up=False`` skips the read: every item is copied straight in, and a COPY
+        that meets a stored id (which undoes the transaction) is followed by the upsert
+        of every item. A first load saves the read; the caller learns from
+        ``met_stored`` that looking up pays from then on.
+        """
         result = BulkOutcomes()
         n = len(c)
         if not n:
             return result
         async with self.db.connection() as conn:
-            found = await conn.fetch(SELECT_OUTCOMES, c.ids)
             fresh = np.arange(n, dtype=np.int64)
             changed = np.zeros(0, dtype=np.int64)
             unchanged: list[str] = []
+            found = await conn.fetch(SELECT_OUTCOMES, c.ids) if look_up else []
             if found:
+                result.met_stored = True
                 position = {pid: j for j, pid in enumerate(c.ids)}
                 old = np.zeros(n, dtype=np.bool_)
                 differs = []
@@ -410,7 +422,9 @@ class OutcomeStore:
             try:
                 created, corrected, unmatched = await self._write_columns(conn, c, fresh, changed)
             except asyncpg.UniqueViolationError:
-                # another writer stored one of the fresh ids since the read
+                # a stored id among the fresh ones: not looked up, or another writer
+                # stored it since the read
+                result.met_stored = True
                 everything = np.arange(n, dtype=np.int64)
                 created, corrected, unmatched = await self._write_columns(
                     conn, c, np.zeros(0, dtype=np.int64), everything
@@ -434,7 +448,25 @@ class OutcomeStore:
         changed: npt.NDArray[np.int64],
     ) -> tuple[set[str], set[str], set[str]]:
         """_write for columns: the ids created, the ids corrected, and the ids written
-        whose prediction is not stored, in one transaction."""
+        whose prediction is not stored, in one transaction. A stream may have two groups
+        of distinct ids writing at once; their marks are inserted in one order, but a
+        group's second marking statement can still meet the other's first, so a
+        deadlock (one transaction undone) is retried."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return await self._write_columns_once(conn, c, fresh, changed)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _write_columns_once(
+        self,
+        conn: asyncpg.Connection,
+        c: OutcomeColumns,
+        fresh: npt.NDArray[np.int64],
+        changed: npt.NDArray[np.int64],
+    ) -> tuple[set[str], set[str], set[str]]:
         created: set[str] = set()
         corrected: set[str] = set()
         unmatched: set[str] = set()

@@ -34,6 +34,9 @@ from predictstore.v1 import evaluation_service_pb2 as pb
 # Validated items gathered into one COPY: large COPYs amortise the backend's fixed cost.
 BULK_CHUNK = 10_000
 
+# Groups with columns a stream may have writing at once (each on its own connection).
+COLUMN_GROUPS_IN_FLIGHT = 2
+
 # While a group is written, decoding hands the event loop over this often (items): each
 # of the write's statements then starts as soon as the one before it has answered.
 YIELD_EVERY = 500
@@ -172,18 +175,28 @@ class OutcomeWriteHandlers:
                     )
                 )
 
-        # the group being written while the next one is decoded: one in flight, so
-        # groups commit in stream order and each group's read sees the one before it
-        in_flight: asyncio.Task[None] | None = None
+        # groups being written while the next one is decoded, oldest first, with their
+        # ids and whether they hold columns. A group waits for every earlier group that
+        # shares an id with it (so its read sees them); a group with columns may write
+        # beside one other such group of other ids (the database's work per item is
+        # then spread over two connections); a group of rows only waits for them all
+        in_flight: list[tuple[asyncio.Task[None], set[str], bool]] = []
         metadata_cache: dict[bytes, dict[str, Any]] = {}
+        # whether a column group looks up stored outcomes before its COPY: not until a
+        # group of the stream meets one (a first load then skips the read)
+        look_up = False
 
         async def write(
             group: list[Outcome], columns: list[OutcomeColumns], repeats: dict[str, int]
         ) -> None:
+            nonlocal look_up
             if columns:
                 if group:
                     columns = [OutcomeColumns.from_outcomes(group), *columns]
-                result = await self.store.record_columns(OutcomeColumns.concat(columns))
+                result = await self.store.record_columns(
+                    OutcomeColumns.concat(columns), look_up=look_up
+                )
+                look_up = look_up or result.met_stored
             else:
                 result = await self.store.record_many(group)
             reply.created_count += result.created
@@ -191,12 +204,22 @@ class OutcomeWriteHandlers:
             reply.corrected_count += result.corrected
             reply.unmatched_count += sum(1 + repeats.get(pid, 0) for pid in result.unmatched)
 
-        async def flush() -> None:
-            nonlocal pending, replays, blocks, block_ids, in_flight
-            if in_flight is not None:
-                task, in_flight = in_flight, None
+        async def settle(keep: int, ids: set[str]) -> None:
+            """Wait for groups in flight, oldest first, until at most ``keep`` are left
+            and none of them shares an id with ``ids``."""
+            while in_flight and (
+                len(in_flight) > keep or any(not ids.isdisjoint(i) for _, i, _ in in_flight)
+            ):
+                task = in_flight.pop(0)[0]
                 await task
-            in_flight = asyncio.ensure_future(write(list(pending.values()), blocks, replays))
+
+        async def flush() -> None:
+            nonlocal pending, replays, blocks, block_ids
+            ids = block_ids.union(pending)
+            beside = bool(blocks) and all(columns for _, _, columns in in_flight)
+            await settle(COLUMN_GROUPS_IN_FLIGHT - 1 if beside else 0, ids)
+            task = asyncio.ensure_future(write(list(pending.values()), blocks, replays))
+            in_flight.append((task, ids, bool(blocks)))
             pending, replays, blocks, block_ids = {}, {}, [], set()
 
         async def add(outcome: Outcome) -> None:
@@ -243,7 +266,7 @@ class OutcomeWriteHandlers:
                     index += 1
                     if held() >= BULK_CHUNK:
                         await flush()
-                    elif in_flight is not None and index % YIELD_EVERY == 0:
+                    elif in_flight and index % YIELD_EVERY == 0:
                         # let the group in flight move on to its next statement
                         await asyncio.sleep(0)
                 if column_count:
@@ -274,11 +297,11 @@ class OutcomeWriteHandlers:
                         await flush()
             if pending or blocks:
                 await flush()
-            if in_flight is not None:
-                task, in_flight = in_flight, None
-                await task
+            await settle(0, set())
         finally:
-            if in_flight is not None:  # the stream failed: the group in flight is cancelled
-                in_flight.cancel()
-                await asyncio.gather(in_flight, return_exceptions=True)
+            if in_flight:  # the stream failed: the groups in flight are cancelled
+                tasks = [task for task, _, _ in in_flight]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         return reply
