@@ -14,6 +14,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from predictstore.storage.database import Database
+from predictstore.transport.outcomes import BULK_CHUNK
 from predictstore.v1 import evaluation_service_pb2 as pb
 from predictstore.v1.evaluation_service_pb2_grpc import EvaluationServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
@@ -264,3 +265,29 @@ async def test_hostile_metadata_texts_are_rejected_by_item(
     assert 6 not in rejected
     assert all(r.field == f"columns.metadata_json[{r.index}]" for r in reply.rejected)
     assert reply.created_count + reply.rejected_count == len(texts)
+
+
+async def test_column_groups_in_flight_keep_each_id_in_stream_order(
+    evaluation: EvaluationServiceStub, db: Database
+) -> None:
+    size = BULK_CHUNK  # each message is one group; several are written at once
+    messages = [
+        pb.BatchRecordOutcomesRequest(
+            columns=columns([f"g{m}-{i}" for i in range(size)], values=[float(m)] * size)
+        )
+        for m in range(3)
+    ]
+    # then the first group's ids again: half corrected, half unchanged
+    messages.append(
+        pb.BatchRecordOutcomesRequest(
+            columns=columns(
+                [f"g0-{i}" for i in range(size)],
+                values=[0.0 if i % 2 else 9.0 for i in range(size)],
+            )
+        )
+    )
+    reply = await evaluation.BatchRecordOutcomes(stream_of(*messages))
+    half = size // 2
+    assert counts(reply) == (3 * size, half, half, 0, 4 * size)
+    total = await db.pool.fetchval("SELECT sum(observed_value) FROM outcomes")
+    assert total == 9.0 * half + 1.0 * size + 2.0 * size
