@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import numpy as np
 import pyarrow as pa
 import pytest
 from google.protobuf import timestamp_pb2
@@ -178,3 +179,26 @@ async def test_the_sync_client_has_the_same_services(server: RunningServer) -> N
             assert first.prediction_id.startswith("s")
 
     await asyncio.to_thread(use)  # the server runs on this test's event loop
+
+
+async def test_outcomes_in_column_form_through_the_client(server: RunningServer) -> None:
+    async with Client(f"127.0.0.1:{server.port}") as client:
+        await client.predictions.create(prediction("c0"))
+        ids = [f"c{i}" for i in range(120)]
+        times = np.full(120, 1_800_000_000_000_000, dtype=np.int64)
+        labels = ["stay" if i % 2 else "" for i in range(120)]
+        values = np.arange(120, dtype=np.float64)
+        values[4] = np.nan  # a numeric item: rejected, the others stored
+        reply = await client.evaluation.batch_record_outcome_columns(
+            ids, times, values=values, labels=labels, batch_items=50
+        )
+        assert (reply.created_count, reply.rejected_count, reply.unmatched_count) == (
+            119,
+            1,
+            118,
+        )
+        assert [(r.index, r.field) for r in reply.rejected] == [(4, "columns.values[4]")]
+        again = await client.evaluation.batch_record_outcome_columns(
+            ids[:50], times[:50], values=values[:50], labels=labels[:50]
+        )
+        assert (again.unchanged_count, again.rejected_count) == (49, 1)

@@ -64,11 +64,27 @@ class RecordOutcomeResponse(_message.Message):
     matched: bool
     def __init__(self, outcome: _Optional[_Union[Outcome, _Mapping]] = ..., result: _Optional[_Union[OutcomeWrite, str]] = ..., matched: _Optional[bool] = ...) -> None: ...
 
+class OutcomeColumns(_message.Message):
+    __slots__ = ("prediction_ids", "values", "labels", "observe_time_unix_micros", "metadata_json")
+    PREDICTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVE_TIME_UNIX_MICROS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    prediction_ids: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    observe_time_unix_micros: _containers.RepeatedScalarFieldContainer[int]
+    metadata_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prediction_ids: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., observe_time_unix_micros: _Optional[_Iterable[int]] = ..., metadata_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class BatchRecordOutcomesRequest(_message.Message):
-    __slots__ = ("outcomes",)
+    __slots__ = ("outcomes", "columns")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
+    columns: OutcomeColumns
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., columns: _Optional[_Union[OutcomeColumns, _Mapping]] = ...) -> None: ...
 
 class RejectedOutcome(_message.Message):
     __slots__ = ("index", "prediction_id", "field", "reason")

@@ -271,6 +271,43 @@ class Evaluation:
         )
         return reply
 
+    async def batch_record_outcome_columns(
+        self,
+        prediction_ids: Sequence[str],
+        observe_time_unix_micros: Sequence[int],
+        *,
+        values: Sequence[float] = (),
+        labels: Sequence[str] = (),
+        metadata_json: Sequence[str] = (),
+        batch_items: int = BATCH_ITEMS,
+    ) -> evaluation_pb.BatchRecordOutcomesResponse:
+        """BatchRecordOutcomes in column form (OutcomeColumns): one entry per item in
+        each sequence; ``values`` may be empty when every item has a label, ``labels``
+        when every item is numeric (an empty label means numeric), ``metadata_json``
+        (JSON object texts, "" for none) when no item has metadata. Sequences may be
+        numpy arrays. Rejections carry the item's index in the whole call."""
+        n = len(prediction_ids)
+
+        def part(column: Sequence[Any], start: int) -> Sequence[Any]:
+            return column[start : start + batch_items] if len(column) else ()
+
+        messages = [
+            evaluation_pb.BatchRecordOutcomesRequest(
+                columns=evaluation_pb.OutcomeColumns(
+                    prediction_ids=prediction_ids[i : i + batch_items],
+                    values=part(values, i),
+                    labels=part(labels, i),
+                    observe_time_unix_micros=part(observe_time_unix_micros, i),
+                    metadata_json=part(metadata_json, i),
+                )
+            )
+            for i in range(0, n, batch_items)
+        ]
+        reply: evaluation_pb.BatchRecordOutcomesResponse = await self._calls.client_stream(
+            self._stub.BatchRecordOutcomes, messages
+        )
+        return reply
+
     async def evaluate(
         self, request: evaluation_pb.EvaluateModelsRequest
     ) -> AsyncIterator[evaluation_pb.ModelEvaluation]:

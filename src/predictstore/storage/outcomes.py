@@ -19,8 +19,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
-from predictstore.domain.outcomes import Outcome, OutcomeWrite, RecordedOutcome
+from predictstore.domain.outcomes import (
+    Outcome,
+    OutcomeColumns,
+    OutcomeWrite,
+    RecordedOutcome,
+    unix_micros,
+)
 from predictstore.errors import Unavailable
 from predictstore.storage import invalidation
 from predictstore.storage.database import Database
@@ -89,6 +97,9 @@ SELECT w.prediction_id, w.created, m.prediction_id IS NOT NULL AS matched
 FROM written AS w LEFT JOIN matched AS m USING (prediction_id)
 """
 
+# Attempts of a column write undone by a deadlock with a concurrent one.
+WRITE_ATTEMPTS = 3
+
 # Binary COPY framing (PostgreSQL's COPY BINARY format) and timestamptz's epoch.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _COPY_TRAILER = b"\xff\xff"
@@ -110,6 +121,8 @@ class BulkOutcomes:
     unchanged: int = 0
     corrected: int = 0
     unmatched: set[str] = field(default_factory=set)
+    # whether some item's id had an outcome stored already (record_columns)
+    met_stored: bool = False
 
 
 def _dump(value: Any) -> str:
@@ -198,6 +211,97 @@ def _copy_payload(items: Sequence[Outcome]) -> bytes:
     return b"".join(parts)
 
 
+# Unix microseconds of PostgreSQL's epoch, and each column's fixed framing.
+_PG_EPOCH_US = unix_micros(_PG_EPOCH)
+_U8 = np.uint8
+
+
+def _put(buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], data: npt.NDArray[Any]) -> None:
+    """Write ``data`` (a big-endian array) item by item at byte offsets ``at``."""
+    width = data.dtype.itemsize
+    buf[at[:, None] + np.arange(width)] = data.view(_U8).reshape(-1, width)
+
+
+def _scatter(
+    buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], blob: bytes, lengths: npt.NDArray[Any]
+) -> None:
+    """Write the pieces of ``blob`` (consecutive, ``lengths`` bytes each) at ``at``."""
+    total = int(lengths.sum())
+    if not total:
+        return
+    starts = np.cumsum(lengths) - lengths
+    buf[np.repeat(at - starts, lengths) + np.arange(total)] = np.frombuffer(blob, _U8)
+
+
+def _encoded(texts: list[str]) -> tuple[bytes, npt.NDArray[np.int64]]:
+    """``texts`` as one UTF-8 blob and each one's length in bytes."""
+    blob = "".join(texts).encode()
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    if len(blob) != int(lengths.sum()):  # not all ASCII: count bytes one by one
+        lengths = np.fromiter((len(t.encode()) for t in texts), dtype=np.int64, count=len(texts))
+    return blob, lengths
+
+
+def _columns_copy_payload(c: OutcomeColumns) -> bytes:
+    """``c`` in COPY's binary format for WRITE_COLUMNS, built with array operations: the
+    size of each row is known from its texts' lengths, so every field lands at a computed
+    offset of one buffer, a column at a time."""
+    n = len(c)
+    ids, id_len = _encoded(c.ids)
+    if c.labels is None:
+        labels, label_len = b"", np.zeros(n, dtype=np.int64)
+    else:
+        labels, label_len = _encoded(c.labels)
+    numeric = label_len == 0
+    if c.metadata is None:
+        meta, meta_len = b"{}" * n, np.full(n, 2, dtype=np.int64)
+    else:
+        meta, meta_len = _encoded(c.metadata)
+    # per row: count(2) id(4+k) value(12 | 4) label(4 | 4+k) time(12) metadata(5+k)
+    size = 31 + id_len + label_len + meta_len + 8 * numeric
+    start = len(_COPY_HEADER) + np.cumsum(size) - size
+    total = len(_COPY_HEADER) + int(size.sum()) + len(_COPY_TRAILER)
+    buf = np.zeros(total, dtype=_U8)
+    buf[: len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, _U8)
+    buf[total - 2 :] = 0xFF
+    buf[start + 1] = 5
+    _put(buf, start + 2, id_len.astype(">i4"))
+    _scatter(buf, start + 6, ids, id_len)
+    at = start + 6 + id_len  # the value
+    value_len = np.where(numeric, 8, -1).astype(">i4")
+    _put(buf, at, value_len)
+    where = np.flatnonzero(numeric)
+    _put(buf, at[where] + 4, c.values[where].astype(">f8"))
+    at = at + np.where(numeric, 12, 4)  # the label
+    _put(buf, at, np.where(numeric, -1, label_len).astype(">i4"))
+    _scatter(buf, at + 4, labels, label_len)
+    at = at + 4 + label_len  # the time
+    _put(buf, at, np.full(n, 8, dtype=">i4"))
+    _put(buf, at + 4, (c.times - _PG_EPOCH_US).astype(">i8"))
+    at = at + 12  # the metadata, as jsonb: its version byte, then the text
+    _put(buf, at, (meta_len + 1).astype(">i4"))
+    buf[at + 4] = 1
+    _scatter(buf, at + 5, meta, meta_len)
+    return buf.tobytes()
+
+
+def _column_is_stored(c: OutcomeColumns, j: int, row: asyncpg.Record) -> bool:
+    """_is_stored for item ``j`` of ``c``."""
+    metadata = json.loads(c.metadata_text(j))
+    return (
+        c.value(j) == row["observed_value"]
+        and c.label(j) == row["observed_label"]
+        and int(c.times[j]) == unix_micros(row["observe_time"])
+        and _same_json(metadata, row["metadata"])
+    )
+
+
+def _upsert_columns(c: OutcomeColumns) -> tuple[list[Any], ...]:
+    """``c`` as the column arrays UPSERT_OUTCOMES takes (the per-item path)."""
+    outcomes = [c.outcome(j) for j in range(len(c))]
+    return _columns(outcomes)
+
+
 async def _once(payload: bytes) -> AsyncIterator[bytes]:
     yield payload
 
@@ -281,6 +385,109 @@ class OutcomeStore:
                 unmatched |= await invalidation.missing_predictions(conn, left)
         result.unmatched = unmatched
         return result
+
+    async def record_columns(self, c: OutcomeColumns, *, look_up: bool = True) -> BulkOutcomes:
+        """record_many for items given as columns (distinct prediction ids): the same
+        read, COPY, upsert and marks, with the COPY payload built from the columns and
+        Python work per item only for the ids that already have an outcome.
+
+        ``look_up=False`` skips the read: every item is copied straight in, and a COPY
+        that meets a stored id (which undoes the transaction) is followed by the upsert
+        of every item. A first load saves the read; the caller learns from
+        ``met_stored`` that looking up pays from then on.
+        """
+        result = BulkOutcomes()
+        n = len(c)
+        if not n:
+            return result
+        async with self.db.connection() as conn:
+            fresh = np.arange(n, dtype=np.int64)
+            changed = np.zeros(0, dtype=np.int64)
+            unchanged: list[str] = []
+            found = await conn.fetch(SELECT_OUTCOMES, c.ids) if look_up else []
+            if found:
+                result.met_stored = True
+                position = {pid: j for j, pid in enumerate(c.ids)}
+                old = np.zeros(n, dtype=np.bool_)
+                differs = []
+                for row in found:
+                    j = position[row["prediction_id"]]
+                    old[j] = True
+                    if _column_is_stored(c, j, row):
+                        unchanged.append(c.ids[j])
+                    else:
+                        differs.append(j)
+                fresh = np.flatnonzero(~old)
+                changed = np.array(sorted(differs), dtype=np.int64)
+            try:
+                created, corrected, unmatched = await self._write_columns(conn, c, fresh, changed)
+            except asyncpg.UniqueViolationError:
+                # a stored id among the fresh ones: not looked up, or another writer
+                # stored it since the read
+                result.met_stored = True
+                everything = np.arange(n, dtype=np.int64)
+                created, corrected, unmatched = await self._write_columns(
+                    conn, c, np.zeros(0, dtype=np.int64), everything
+                )
+                unchanged = list(set(c.ids) - created - corrected)
+            result.created, result.corrected = len(created), len(corrected)
+            result.unchanged = n - result.created - result.corrected
+            if unmatched:
+                # after the commit: see the module docstring
+                unmatched -= await invalidation.mark_stored_predictions(conn, sorted(unmatched))
+            if unchanged:
+                unmatched |= await invalidation.missing_predictions(conn, unchanged)
+        result.unmatched = unmatched
+        return result
+
+    async def _write_columns(
+        self,
+        conn: asyncpg.Connection,
+        c: OutcomeColumns,
+        fresh: npt.NDArray[np.int64],
+        changed: npt.NDArray[np.int64],
+    ) -> tuple[set[str], set[str], set[str]]:
+        """_write for columns: the ids created, the ids corrected, and the ids written
+        whose prediction is not stored, in one transaction. A stream may have two groups
+        of distinct ids writing at once; their marks are inserted in one order, but a
+        group's second marking statement can still meet the other's first, so a
+        deadlock (one transaction undone) is retried."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return await self._write_columns_once(conn, c, fresh, changed)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _write_columns_once(
+        self,
+        conn: asyncpg.Connection,
+        c: OutcomeColumns,
+        fresh: npt.NDArray[np.int64],
+        changed: npt.NDArray[np.int64],
+    ) -> tuple[set[str], set[str], set[str]]:
+        created: set[str] = set()
+        corrected: set[str] = set()
+        unmatched: set[str] = set()
+        async with conn.transaction():
+            if len(fresh):
+                part = c if len(fresh) == len(c) else c.take(fresh)
+                await conn.copy_to_table(
+                    "outcomes",
+                    source=_once(_columns_copy_payload(part)),
+                    columns=WRITE_COLUMNS,
+                    format="binary",
+                )
+                created = set(part.ids)
+                unmatched = created - await invalidation.mark_stored_predictions(conn, part.ids)
+            if len(changed):
+                rows = await conn.fetch(UPSERT_OUTCOMES, *_upsert_columns(c.take(changed)))
+                for r in rows:
+                    (created if r["created"] else corrected).add(r["prediction_id"])
+                    if not r["matched"]:
+                        unmatched.add(r["prediction_id"])
+        return created, corrected, unmatched
 
     async def _write(
         self, conn: asyncpg.Connection, fresh: Sequence[Outcome], changed: Sequence[Outcome]

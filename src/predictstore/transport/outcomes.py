@@ -7,11 +7,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import numpy as np
 
 from predictstore.domain.outcomes import (
     Outcome,
+    OutcomeColumns,
     OutcomeLimits,
     OutcomeWrite,
+    check_columns,
+    column_shape_violations,
     validate_outcome,
 )
 from predictstore.errors import FieldViolation, InvalidArgument, echo
@@ -29,6 +33,9 @@ from predictstore.v1 import evaluation_service_pb2 as pb
 
 # Validated items gathered into one COPY: large COPYs amortise the backend's fixed cost.
 BULK_CHUNK = 10_000
+
+# Groups with columns a stream may have writing at once (each on its own connection).
+COLUMN_GROUPS_IN_FLIGHT = 2
 
 # While a group is written, decoding hands the event loop over this often (items): each
 # of the write's statements then starts as soon as the one before it has answered.
@@ -141,11 +148,19 @@ class OutcomeWriteHandlers:
     ) -> pb.BatchRecordOutcomesResponse:
         """Items apply in stream order. A group of items with distinct ids is written by
         one COPY; a later item for a pending id that repeats it exactly is unchanged, one
-        that differs first writes the group, then replaces the earlier item (corrected)."""
+        that differs first writes the group, then replaces the earlier item (corrected).
+
+        Column-form items are validated column-wise and join the group as a block: a
+        block whose ids repeat a pending one first writes the group (the store then tells
+        unchanged from corrected); a block repeating ids within itself goes item by item.
+        """
         reply = pb.BatchRecordOutcomesResponse()
         pending: dict[str, Outcome] = {}
         # later items of the group identical to a pending one, per id: they settle with it
         replays: dict[str, int] = {}
+        # column blocks of the group, after its rows, and their ids
+        blocks: list[OutcomeColumns] = []
+        block_ids: set[str] = set()
 
         def reject(index: int, prediction_id: str, field: str, reason: str) -> None:
             reply.rejected_count += 1
@@ -160,29 +175,82 @@ class OutcomeWriteHandlers:
                     )
                 )
 
-        # the group being written while the next one is decoded: one in flight, so
-        # groups commit in stream order and each group's read sees the one before it
-        in_flight: asyncio.Task[None] | None = None
+        # groups being written while the next one is decoded, oldest first, with their
+        # ids and whether they hold columns. A group waits for every earlier group that
+        # shares an id with it (so its read sees them); a group with columns may write
+        # beside one other such group of other ids (the database's work per item is
+        # then spread over two connections); a group of rows only waits for them all
+        in_flight: list[tuple[asyncio.Task[None], set[str], bool]] = []
         metadata_cache: dict[bytes, dict[str, Any]] = {}
+        # whether a column group looks up stored outcomes before its COPY: not until a
+        # group of the stream meets one (a first load then skips the read)
+        look_up = False
 
-        async def write(group: list[Outcome], repeats: dict[str, int]) -> None:
-            result = await self.store.record_many(group)
+        async def write(
+            group: list[Outcome], columns: list[OutcomeColumns], repeats: dict[str, int]
+        ) -> None:
+            nonlocal look_up
+            if columns:
+                if group:
+                    columns = [OutcomeColumns.from_outcomes(group), *columns]
+                result = await self.store.record_columns(
+                    OutcomeColumns.concat(columns), look_up=look_up
+                )
+                look_up = look_up or result.met_stored
+            else:
+                result = await self.store.record_many(group)
             reply.created_count += result.created
             reply.unchanged_count += result.unchanged + sum(repeats.values())
             reply.corrected_count += result.corrected
             reply.unmatched_count += sum(1 + repeats.get(pid, 0) for pid in result.unmatched)
 
-        async def flush() -> None:
-            nonlocal pending, replays, in_flight
-            if in_flight is not None:
-                task, in_flight = in_flight, None
+        async def settle(keep: int, ids: set[str]) -> None:
+            """Wait for groups in flight, oldest first, until at most ``keep`` are left
+            and none of them shares an id with ``ids``."""
+            while in_flight and (
+                len(in_flight) > keep or any(not ids.isdisjoint(i) for _, i, _ in in_flight)
+            ):
+                task = in_flight.pop(0)[0]
                 await task
-            in_flight = asyncio.ensure_future(write(list(pending.values()), replays))
-            pending, replays = {}, {}
+
+        async def flush() -> None:
+            nonlocal pending, replays, blocks, block_ids
+            ids = block_ids.union(pending)
+            beside = bool(blocks) and all(columns for _, _, columns in in_flight)
+            await settle(COLUMN_GROUPS_IN_FLIGHT - 1 if beside else 0, ids)
+            task = asyncio.ensure_future(write(list(pending.values()), blocks, replays))
+            in_flight.append((task, ids, bool(blocks)))
+            pending, replays, blocks, block_ids = {}, {}, [], set()
+
+        async def add(outcome: Outcome) -> None:
+            pid = outcome.prediction_id
+            if pid in block_ids:  # the block is stored first: the store compares the two
+                await flush()
+            earlier = pending.get(pid)
+            if earlier is not None and earlier.same_content(outcome):
+                replays[pid] = replays.get(pid, 0) + 1
+            else:
+                if earlier is not None:
+                    # the earlier item is stored first: this one then corrects it
+                    await flush()
+                pending[pid] = outcome
+
+        def held() -> int:
+            return len(pending) + sum(map(len, blocks))
 
         try:
             index = 0
             async for message in request_iterator:
+                columns = message.columns
+                column_count = len(columns.prediction_ids)
+                if violations := column_shape_violations(
+                    column_count,
+                    len(columns.values),
+                    len(columns.labels),
+                    len(columns.observe_time_unix_micros),
+                    len(columns.metadata_json),
+                ):
+                    raise InvalidArgument(violations)
                 for item in message.outcomes:
                     try:
                         outcome = outcome_from_proto(item, "", metadata_cache)
@@ -194,28 +262,46 @@ class OutcomeWriteHandlers:
                         for v in violations:
                             reject(index, outcome.prediction_id, v.field, v.description)
                     else:
-                        pid = outcome.prediction_id
-                        earlier = pending.get(pid)
-                        if earlier is not None and earlier.same_content(outcome):
-                            replays[pid] = replays.get(pid, 0) + 1
-                        else:
-                            if earlier is not None:
-                                # the earlier item is stored first: this one then corrects it
-                                await flush()
-                            pending[pid] = outcome
+                        await add(outcome)
                     index += 1
-                    if len(pending) >= BULK_CHUNK:
+                    if held() >= BULK_CHUNK:
                         await flush()
-                    elif in_flight is not None and index % YIELD_EVERY == 0:
+                    elif in_flight and index % YIELD_EVERY == 0:
                         # let the group in flight move on to its next statement
                         await asyncio.sleep(0)
-            if pending:
+                if column_count:
+                    ids = list(columns.prediction_ids)
+                    checked = check_columns(
+                        ids,
+                        np.array(columns.values, dtype=np.float64),
+                        list(columns.labels) if len(columns.labels) else None,
+                        np.array(columns.observe_time_unix_micros, dtype=np.int64),
+                        list(columns.metadata_json) if len(columns.metadata_json) else None,
+                        self.limits,
+                    )
+                    for j, v in checked.violations:
+                        reject(index + j, ids[j], v.field, v.description)
+                    block = checked.items
+                    block_set = set(block.ids)
+                    if len(block_set) < len(block):
+                        # ids repeated within the block: item by item, in order
+                        for j in range(len(block)):
+                            await add(block.outcome(j))
+                    elif len(block):
+                        if not block_set.isdisjoint(pending) or not block_set.isdisjoint(block_ids):
+                            await flush()
+                        blocks.append(block)
+                        block_ids |= block_set
+                    index += column_count
+                    if held() >= BULK_CHUNK:
+                        await flush()
+            if pending or blocks:
                 await flush()
-            if in_flight is not None:
-                task, in_flight = in_flight, None
-                await task
+            await settle(0, set())
         finally:
-            if in_flight is not None:  # the stream failed: the group in flight is cancelled
-                in_flight.cancel()
-                await asyncio.gather(in_flight, return_exceptions=True)
+            if in_flight:  # the stream failed: the groups in flight are cancelled
+                tasks = [task for task, _, _ in in_flight]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         return reply
