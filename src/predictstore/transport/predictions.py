@@ -71,7 +71,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         batch = BatchWriter(self.store, self.limits, self.max_rejections_reported)
         try:
             async for message in request_iterator:
-                await batch.add(message.predictions)
+                await batch.add(message)
             return await batch.reply()
         except BaseException:
             await batch.abandon()
