@@ -113,22 +113,21 @@ class ColumnItems:
     def __init__(self, columns: pb.PredictionColumns, limits: PredictionLimits) -> None:
         self.limits = limits
         n = len(columns.user_ids)
-        lengths = [len(getattr(columns, name)) for name in _OPTIONAL]
-        forecast = lengths[7:10]
+        size = {name: len(getattr(columns, name)) for name in _OPTIONAL}
+        forecast = {size[name] for name in _OPTIONAL if name.startswith("forecast_")}
         malformed = (
-            any(size not in (0, n) for size in lengths)
-            or len(set(forecast)) > 1
-            or (lengths[6] and not lengths[7])  # has_confidence without confidences
-            or (lengths[10] and not forecast[0])
-            or (lengths[12] and not lengths[11])
+            any(length not in (0, n) for length in size.values())
+            or len(forecast) > 1
+            or (size["has_confidence"] and not size["confidences"])
+            or (size["has_forecast"] and not size["forecast_values"])
+            or (size["has_target_time"] and not size["target_time_unix_micros"])
             or any(
-                not len(getattr(columns, name + "_indexes"))
-                and len(getattr(columns, name + "s")) > 1
+                not size[name + "_indexes"] and len(getattr(columns, name + "s")) > 1
                 for name in ("prediction_type", "model_name", "model_version")
             )
         )
         self.malformed = bool(malformed)
-        self.count = max(n, *lengths) if malformed else n
+        self.count = max(n, *size.values()) if malformed else n
         self.ids: list[str] = list(columns.prediction_ids) or [""] * n
         # structural faults by item: the item is rejected with these, not validated on
         self.bad: dict[int, list[FieldViolation]] = {}
