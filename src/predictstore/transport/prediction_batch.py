@@ -94,12 +94,16 @@ class BatchWriter:
             return
         for start in range(0, items.count, COLUMN_SLICE):
             rows, violations = items.slice(start, min(start + COLUMN_SLICE, items.count))
-            for i, row in enumerate(rows):
-                if i in violations:
-                    for v in violations[i]:
-                        self.reject(first + start + i, row[0], v.field, v.description)
+            pending = self.group.pending
+            for i, row in enumerate(rows, first + start):
+                if i - first - start in violations:
+                    for v in violations[i - first - start]:
+                        self.reject(i, row[0], v.field, v.description)
+                elif row[0] and row[0] not in pending and len(pending) < BULK_CHUNK - 1:
+                    pending[row[0]] = (i, row)  # what _take does with a new id, inline
                 else:
-                    await self._take(first + start + i, row)
+                    await self._take(i, row)
+                    pending = self.group.pending
             await asyncio.sleep(0)
 
     async def _add_slice(self, items: Sequence[pb.Prediction]) -> None:

@@ -244,9 +244,8 @@ class ColumnItems:
         exact: set[int],
     ) -> list[bytes]:
         """The stored text of each document (rejected ones: {}); faults into ``bad``,
-        items that need validate_prediction into ``exact``."""
-        if not texts:
-            return []
+        items that need validate_prediction into ``exact``. (A loop with one C scan per
+        text is as fast as maps over the slice, and says what is wrong with each.)"""
         out: list[bytes] = []
         docs: dict[int, Any] = {}
         for i, text in enumerate(texts):
@@ -274,6 +273,20 @@ class ColumnItems:
             out.append(text.encode())
             if len(text) > 2 * JSON_DEPTH and text.count("{") + text.count("[") > JSON_DEPTH:
                 docs[i] = doc
+        self._canonical(out, docs, texts, field, bad, exact)
+        return out
+
+    @staticmethod
+    def _canonical(
+        out: list[bytes],
+        docs: dict[int, Any],
+        texts: list[str],
+        field: str,
+        bad: dict[int, list[FieldViolation]],
+        exact: set[int],
+    ) -> None:
+        """Documents to look at closer (``docs``: those found so far, parsed), stored as
+        the compact dump of their value or rejected."""
         joined = b"".join(out).translate(_DIGITS)
         if any(s in joined for s in _SUSPECT):
             for i, data in enumerate(out):
@@ -297,4 +310,3 @@ class ColumnItems:
                 out[i] = b"{}"
             else:
                 exact.add(i)
-        return out
