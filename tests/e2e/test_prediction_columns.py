@@ -254,6 +254,8 @@ async def test_rejections_are_capped_but_counted(predictions: PredictionServiceS
         {"payload_json": ['{"a": 1e99999999999999}']},
         {"metadata_json": ['{"\\udfff": 1}']},
         {"model_names": ["m" * 10_000]},
+        {"prediction_types": ["t" * 3_000_000]},  # checked once, not once per item
+        {"model_versions": ["\x00"]},
         {"prediction_type_indexes": [2**32 - 1]},
         {"target_time_unix_micros": [-(2**63)]},
         {"confidences": [float("inf")], "has_confidence": [True]},

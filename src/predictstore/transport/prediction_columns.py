@@ -26,12 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from predictstore.domain.predictions import (
+    TEXT_LIMIT,
     PredictionLimits,
     PredictionRow,
     prediction_of,
     screen_columns,
     validate_prediction,
 )
+from predictstore.domain.validation import check_id, check_text
 from predictstore.errors import FieldViolation
 from predictstore.transport.convert import EPOCH, MAX_SECONDS, MIN_SECONDS
 from predictstore.v1 import prediction_service_pb2 as pb
@@ -186,15 +188,22 @@ class ColumnItems:
     def _dictionary(self, columns: pb.PredictionColumns, name: str, n: int) -> list[str]:
         entries: list[str] = list(getattr(columns, name + "s"))
         indexes = getattr(columns, name + "_indexes")
-        if not len(indexes):
-            return [entries[0] if entries else ""] * n
-        positions = np.array(indexes, dtype=np.int64)
+        if not entries and not len(indexes):
+            return [""] * n
+        positions = np.array(indexes, dtype=np.int64) if len(indexes) else np.zeros(n, np.int64)
         outside = positions >= len(entries)
         if outside.any():
             for i in np.flatnonzero(outside).tolist():
                 self._fault(i, f"columns.{name}_indexes", f"points to no entry of columns.{name}s")
             positions = np.where(outside, 0, positions)
             entries = entries or [""]
+        # each entry checked once, before it is repeated for every item that uses it
+        check = check_id if name == "prediction_type" else check_text
+        for k, entry in enumerate(entries):
+            if violations := check(name, entry, TEXT_LIMIT):
+                for i in np.flatnonzero((positions == k) & ~outside).tolist():
+                    self.bad.setdefault(i, []).extend(violations)
+                entries[k] = ""
         table = np.empty(len(entries), dtype=object)
         table[:] = entries
         values: list[str] = table[positions].tolist()
