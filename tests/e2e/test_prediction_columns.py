@@ -298,3 +298,28 @@ async def test_the_client_sends_predictions_as_columns(server: RunningServer) ->
     assert got.target_time.ToDatetime(tzinfo=UTC) == datetime.fromtimestamp(
         TARGET_MICROS / 1e6, UTC
     )
+
+
+async def test_empty_columns_give_every_item_the_default(
+    predictions: PredictionServiceStub,
+) -> None:
+    cols = pb.PredictionColumns(
+        prediction_ids=["e0", "e1"], user_ids=["u", "u"], prediction_types=["churn"]
+    )
+    reply = await _send(predictions, pb.BatchCreatePredictionsRequest(columns=cols))
+    assert (reply.created_count, reply.rejected_count) == (2, 0)
+    got = (await predictions.GetPrediction(pb.GetPredictionRequest(prediction_id="e1"))).prediction
+    assert (got.prediction_type, got.model_name, got.model_version, got.context) == (
+        "churn",
+        "",
+        "",
+        "",
+    )
+    assert not got.HasField("confidence")
+    assert not got.HasField("forecast")
+    assert not got.HasField("target_time")
+    assert (dict(got.payload), dict(got.metadata)) == ({}, {})
+
+    no_type = pb.PredictionColumns(prediction_ids=["e2"], user_ids=["u"])
+    reply = await _send(predictions, pb.BatchCreatePredictionsRequest(columns=no_type))
+    assert [(r.index, r.field) for r in reply.rejected] == [(0, "prediction_type")]

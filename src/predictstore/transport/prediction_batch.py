@@ -1,6 +1,8 @@
 """BatchCreatePredictions: one stream's items decoded, validated and written in groups.
 
-Items are numbered across the stream. Each becomes one tuple (a PredictionRow, its JSON
+Items are numbered across the stream: a message's rows (``predictions``), then its
+columns (``columns``, decoded by prediction_columns into the same tuples). Each row
+becomes one tuple (a PredictionRow, its JSON
 already text) and the tuples of a slice are validated column by column; the few that a
 column check flags are validated one by one for the exact violations. Good items gather
 in a group of distinct ids, written by one COPY (PredictionStore.create_rows) while the
