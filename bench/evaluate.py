@@ -136,6 +136,14 @@ FROM predictions WHERE target_time IS NOT NULL
 ON CONFLICT DO NOTHING
 """
 
+# A COPY straight into predictions claims no ids: claim them as a create would, so that
+# lookups by id (outcomes joining their predictions) find the rows.
+CLAIM_COPIED_IDS = """
+INSERT INTO prediction_ids (prediction_id, create_time)
+SELECT prediction_id, create_time FROM predictions
+ON CONFLICT DO NOTHING
+"""
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Key = tuple[str, str, datetime]
@@ -1112,6 +1120,7 @@ class Run:
         records = [d.record(i) for i in self.early.tolist()]
         seconds = await copy_rows(self.db, "predictions", PREDICTION_COLUMNS, records)
         del records
+        await sql(self.db, CLAIM_COPIED_IDS)
         await sql(self.db, MARK_EXISTING)
         log(
             f"{len(self.early):,} predictions by COPY ({len(self.early) / seconds:,.0f}/s),"

@@ -8,7 +8,8 @@ both sides see the machine in the same state; the figures are medians):
   client that counts points;
 - the server process's peak RSS growth during the service read (VmHWM after resetting it
   through /proc/<pid>/clear_refs; the largest of the rounds);
-- time to the first frame against the raw cursor's first fetch.
+- time to the first frame against the raw cursor's first fetch;
+- a QueryMetrics over the whole range with ``limit`` = 1000: the time to its last frame.
 
 The last printed line is one JSON object with the figures.
 
@@ -50,6 +51,7 @@ SERIES = 100
 COPY_CHUNK = 100_000
 PREFETCH = 10_000
 ROUNDS = 3
+LIMITED_READ_POINTS = 1000
 # the plain query a user would run: every point of the filter's series, oldest first
 RAW_QUERY = (
     "SELECT time, series_id, value FROM metric_points"
@@ -254,6 +256,22 @@ async def service_read(
     return count, seconds, first, growth_mb, frames
 
 
+async def limited_read(port: int, start: datetime, end: datetime) -> tuple[int, float]:
+    """Points and seconds of a QueryMetrics over the whole range with a small limit."""
+    request = pb.QueryMetricsRequest(
+        filter=pb.MetricFilter(start_time=ts(start), end_time=ts(end)), limit=LIMITED_READ_POINTS
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = MetricsServiceStub(channel)
+        async for _ in stub.QueryMetrics(request):  # a first call opens the connection
+            pass
+        began = time.perf_counter()
+        count = 0
+        async for frame in stub.QueryMetrics(request):
+            count += len(frame.columns.values)
+        return count, time.perf_counter() - began
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -279,19 +297,25 @@ async def main() -> None:
         port = free_port()
         raw_runs: list[tuple[int, float, float]] = []
         service_runs: list[tuple[int, float, float, float, int]] = []
+        limited_runs: list[float] = []
         with serve(url, port) as process:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 await wait_serving(channel, process)
             for round_ in range(ROUNDS):
                 raw_runs.append(await raw_cursor(url, ids, start, end))
                 service_runs.append(await service_read(port, process.pid, start, end))
+                limited_count, limited_s = await limited_read(port, start, end)
+                if limited_count != LIMITED_READ_POINTS:
+                    raise SystemExit(f"the limited read returned {limited_count} points")
+                limited_runs.append(limited_s)
                 (raw_count, raw_s, _), (count, seconds, _, _, frames) = (
                     raw_runs[-1],
                     service_runs[-1],
                 )
                 log(
                     f"round {round_ + 1}: raw cursor {raw_count} rows in {raw_s:.2f} s;"
-                    f" service {count} points in {frames} frames, {seconds:.2f} s"
+                    f" service {count} points in {frames} frames, {seconds:.2f} s;"
+                    f" limit {LIMITED_READ_POINTS} in {limited_runs[-1] * 1000:.0f} ms"
                 )
                 if count != raw_count:
                     raise SystemExit(f"the service returned {count} points, the cursor {raw_count}")
@@ -316,6 +340,7 @@ async def main() -> None:
                 "server_rss_growth_mb": round(growth_mb, 1),
                 "service_first_frame_ms": round(first_s * 1000, 1),
                 "raw_first_fetch_ms": round(raw_first_s * 1000, 1),
+                "limited_read_ms": round(statistics.median(limited_runs) * 1000, 1),
             }
         )
     )

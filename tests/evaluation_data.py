@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from predictstore.storage.database import Database
+from tests.partitions import make_partitions
 
 # Marks both cells of the stored prediction $1 dirty (what every writer does).
 MARK_PREDICTION = """
@@ -58,8 +59,10 @@ class P:
 
 
 async def store_predictions(db: Database, items: list[P]) -> None:
+    """Stores ``items`` on their create times, their ids claimed as a create claims them."""
     async with db.connection() as conn, conn.transaction():
         for p in items:
+            await make_partitions(conn, p.create_time, p.create_time)
             await conn.execute(
                 """
                 INSERT INTO predictions (prediction_id, user_id, prediction_type, payload,
@@ -70,6 +73,11 @@ async def store_predictions(db: Database, items: list[P]) -> None:
                 p.prediction_id, p.prediction_type, p.payload, p.value, p.lower, p.upper,
                 p.model_name, p.model_version, p.target_time, p.create_time,
             )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO prediction_ids (prediction_id, create_time) VALUES ($1, $2)",
+                p.prediction_id,
+                p.create_time,
+            )
             await conn.execute(MARK_PREDICTION, p.prediction_id)
 
 

@@ -19,7 +19,7 @@ refresher recomputes dirty cells from the raw rows and deletes their marks; a re
 the rollup for clean cells and the raw rows for dirty ones, so answers are exact.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-03
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -57,7 +57,9 @@ def upgrade() -> None:
     )
     # expiry of outcomes whose prediction never arrived walks this index
     op.execute("CREATE INDEX outcomes_record_time_idx ON outcomes (record_time)")
-    # recomputing a target-time cell reads the predictions of one model version and hour
+    # recomputing a target-time cell reads the predictions of one model version and hour;
+    # made on predictions as 0004 left it (partitioned, or a hypertable), so every
+    # partition or chunk has it, the ones made later too
     op.execute(
         "CREATE INDEX predictions_model_target_idx "
         "ON predictions (model_name, model_version, target_time) WHERE target_time IS NOT NULL"

@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     )
     metrics_aggregate_use_rollup: bool = Field(
         default=True,
-        description="TimescaleDB mode: answer whole-hour buckets from the hourly rollup "
+        description="Answer whole-hour buckets from the hourly rollup, in both modes "
         "(false: always scan raw rows).",
     )
 
@@ -296,7 +296,9 @@ class Settings(BaseSettings):
         default=730, ge=0, description="Feedback not updated for this long is deleted; 0 keeps it."
     )
     prediction_retention_days: int = Field(
-        default=365, ge=0, description="Predictions older than this are deleted; 0 keeps them."
+        default=365,
+        ge=0,
+        description="Predictions older than this are dropped, whole days; 0 keeps them.",
     )
     metrics_batch_dedupe_horizon_s: float = Field(
         default=7 * 86400,
@@ -306,7 +308,9 @@ class Settings(BaseSettings):
         "(MetricsWriter: 300 s); 0 keeps them forever.",
     )
     partitions_ahead_days: int = Field(
-        default=7, ge=1, description="PostgreSQL mode: daily metric partitions made this far ahead."
+        default=7,
+        ge=1,
+        description="PostgreSQL mode: daily metric and prediction partitions made this far ahead.",
     )
     maintenance_interval_s: float = Field(
         default=3600,

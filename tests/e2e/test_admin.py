@@ -116,13 +116,15 @@ async def test_storage_stats_show_tables_sizes_and_pool(
 
     tables = {t.table_name: t for t in stats.tables}
     assert {"predictions", "feedback", "metric_series", "metric_points"} <= set(tables)
-    assert tables["predictions"].kind == pb.TABLE_KIND_TABLE
     assert tables["predictions"].estimated_rows == 20
     assert tables["predictions"].total_bytes > 0
-    assert tables["predictions"].chunk_count == 0
+    assert tables["prediction_ids"].kind == pb.TABLE_KIND_TABLE
+    assert tables["prediction_ids"].estimated_rows == 20
     points = tables["metric_points"]
     assert points.total_bytes > 0
     if db.mode == "timescaledb":
+        assert tables["predictions"].kind == pb.TABLE_KIND_HYPERTABLE
+        assert tables["predictions"].chunk_count == 1  # today's
         assert points.kind == pb.TABLE_KIND_HYPERTABLE
         assert points.chunk_count >= 1
         assert points.compressed_chunk_count >= 1
@@ -134,6 +136,8 @@ async def test_storage_stats_show_tables_sizes_and_pool(
         for row in aggregates:
             assert tables[row[0]].kind == pb.TABLE_KIND_CONTINUOUS_AGGREGATE
     else:
+        assert tables["predictions"].kind == pb.TABLE_KIND_PARTITIONED
+        assert tables["predictions"].chunk_count == 15  # as metric_points
         assert points.kind == pb.TABLE_KIND_PARTITIONED
         assert points.chunk_count == 15  # a week either side of today, from the migration
         assert points.estimated_rows == 500
@@ -152,7 +156,7 @@ async def test_run_maintenance_reports_what_it_did(admin: AdminServiceStub, db: 
         "feedback",
         "metric_batches",
         "outcomes",
-        "predictions",
+        "prediction_ids",  # predictions themselves go by whole partitions
         "evaluation_rollup",
         "evaluation_rollup_labels",
         "evaluation_rollup_bins",
@@ -164,7 +168,7 @@ async def test_run_maintenance_reports_what_it_did(admin: AdminServiceStub, db: 
         ]
         assert list(reply.partitions_created) == []
     else:
-        assert len(reply.partitions_created) == 2  # days 8 and 9 ahead
+        assert len(reply.partitions_created) == 4  # days 8 and 9 ahead, metrics and predictions
         assert list(reply.policies_changed) == []
     again = await admin.RunMaintenance(pb.RunMaintenanceRequest())
     assert again.ran

@@ -29,6 +29,7 @@ from tests.e2e.test_readme import json_messages
 from tests.e2e.test_server import run_grpcurl
 from tests.evaluation_data import P, add_feedback, dirty_count, record_outcome, store_predictions
 from tests.helpers import field_violations
+from tests.partitions import make_partitions
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -676,6 +677,7 @@ async def test_a_cancelled_evaluation_stops_its_query(
 ) -> None:
     # 20 versions x 1,000 hours: more frames than the transport buffers
     async with db.connection() as conn:
+        await make_partitions(conn, T0, at(1000))
         await conn.execute(
             """
             WITH new AS (
@@ -685,7 +687,10 @@ async def test_a_cancelled_evaluation_stops_its_query(
                 SELECT 'k' || i, 'u', 'forecast', 1, 0, 2, 'demand', 'v' || (i % 20),
                        $1::timestamptz + (i / 20) * interval '1 hour'
                 FROM generate_series(0, 19999) AS i
-                RETURNING model_name, model_version, create_time
+                RETURNING prediction_id, model_name, model_version, create_time
+            ), ids AS (
+                INSERT INTO prediction_ids (prediction_id, create_time)
+                SELECT prediction_id, create_time FROM new
             )
             INSERT INTO evaluation_dirty (model_name, model_version, basis, hour)
             SELECT model_name, model_version, 1, create_time FROM new

@@ -19,8 +19,14 @@ from predictstore.storage.evaluation import (
     evaluation_scope,
     evaluation_sql,
 )
-from predictstore.storage.maintenance import LifecyclePolicy, Maintenance
+from predictstore.storage.maintenance import (
+    SELECT_PREDICTION_CUTOFF,
+    SELECT_PREDICTION_CUTOFF_TIMESCALEDB,
+    LifecyclePolicy,
+    Maintenance,
+)
 from tests.evaluation_data import MARK_PREDICTION, P, dirty_count, record_outcome, store_predictions
+from tests.partitions import make_partitions
 
 DAYS = 30
 PER_HOUR = 3
@@ -38,6 +44,10 @@ WITH new AS (
     FROM generate_series(0, $3 - 1) AS i
     RETURNING prediction_id, model_name, model_version, create_time
 ),
+ids AS (  -- claimed as every create claims them
+    INSERT INTO prediction_ids (prediction_id, create_time)
+    SELECT prediction_id, create_time FROM new
+),
 outcomes_in AS (
     INSERT INTO outcomes (prediction_id, observed_value, observe_time)
     SELECT prediction_id, 3.5, now() FROM new WHERE substr(prediction_id, 2)::int % 2 = 0
@@ -50,6 +60,7 @@ SELECT DISTINCT model_name, model_version, 1, date_trunc('hour', create_time, 'U
 async def load_month(db: Database) -> int:
     count = DAYS * 24 * PER_HOUR
     async with db.connection() as conn:
+        await make_partitions(conn, START, START + timedelta(days=DAYS))
         await conn.execute(LOAD_MONTH, START, PER_HOUR, count)
     return count
 
@@ -133,16 +144,21 @@ async def test_two_refreshers_do_not_collide(db: Database) -> None:
 
 
 async def test_rollup_retention_keeps_the_answer_exact(db: Database) -> None:
-    """Prediction retention deletes predictions; maintenance deletes the rollup rows of
-    their hours and recomputes the hour it cut through."""
-    cutoff = datetime.now(UTC) - timedelta(days=2)
-    boundary = cutoff.replace(minute=0, second=0, microsecond=0)
-    hour = (cutoff + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+    """Prediction retention drops whole days of predictions; maintenance deletes the
+    rollup rows of the hours before the same cutoff and recomputes the hour after it."""
+    cutoff_sql = (
+        SELECT_PREDICTION_CUTOFF_TIMESCALEDB
+        if db.mode == "timescaledb"
+        else SELECT_PREDICTION_CUTOFF
+    )
+    async with db.connection() as conn:
+        cutoff = await conn.fetchval(cutoff_sql, 2)  # the start of the first day kept
+        hour = (await conn.fetchval("SELECT now()")).replace(minute=0, second=0, microsecond=0)
     preds = [
-        P("old", boundary - timedelta(days=1), value=1.0, lower=0.0, upper=2.0),
-        # the hour retention cuts through: one prediction before the cutoff, one after
-        P("edge-old", boundary, value=2.0, lower=0.0, upper=3.0),
-        P("edge-new", cutoff + (boundary + HOUR - cutoff) / 2, value=3.0, lower=0.0, upper=4.0),
+        P("old", cutoff - timedelta(days=1), value=1.0, lower=0.0, upper=2.0),
+        # the hours either side of the cutoff: the one before goes, the one after stays
+        P("edge-old", cutoff - timedelta(minutes=1), value=2.0, lower=0.0, upper=3.0),
+        P("edge-new", cutoff + timedelta(minutes=30), value=3.0, lower=0.0, upper=4.0),
         P("new", hour - HOUR, value=4.0, lower=0.0, upper=5.0),
     ]
     await store_predictions(db, preds)
@@ -154,14 +170,14 @@ async def test_rollup_retention_keeps_the_answer_exact(db: Database) -> None:
     report = await maintenance.run()
     assert report.ran
     deleted = {r.table_name: r.rows_deleted for r in report.rows_deleted}
-    assert deleted["predictions"] >= 2
-    assert deleted["evaluation_rollup"] >= 1
+    assert deleted["prediction_ids"] == 2
+    assert deleted["evaluation_rollup"] >= 2
     q = EvaluationQuery(
         "demand", 1, hour - timedelta(days=4), hour + timedelta(hours=1), timedelta(days=5)
     )
     async with db.connection() as conn:
         left = await conn.fetchval("SELECT count(*) FROM predictions WHERE model_name = 'demand'")
-    assert left >= 1
+    assert left == 2
     for _ in ("live", "rolled up"):
         [bucket] = await store.evaluate(evaluation_scope(q))
         assert bucket.sums.predictions == bucket.sums.matched == left

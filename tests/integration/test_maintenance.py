@@ -10,8 +10,11 @@ import asyncpg
 import pytest
 
 from predictstore import migrate
+from predictstore.domain.predictions import Prediction, PredictionFilter
 from predictstore.storage.database import Database, PoolSettings
 from predictstore.storage.maintenance import LOCK_NAME, LifecyclePolicy, Maintenance
+from predictstore.storage.predictions import PredictionStore
+from tests.partitions import backdate_predictions, partition_of, partitions
 
 
 @pytest.fixture
@@ -31,8 +34,17 @@ async def _partitions(db: Database) -> set[str]:
     return {r[0] for r in rows}
 
 
-def _name(day: date) -> str:
-    return f"metric_points_p{day:%Y%m%d}"
+def _name(day: date, table: str = "metric_points") -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def _ahead(today: date, days: range) -> set[str]:
+    """The metric and prediction partitions of ``days`` after today."""
+    return {
+        _name(today + timedelta(days=d), table)
+        for d in days
+        for table in ("metric_points", "predictions")
+    }
 
 
 async def test_partitions_appear_ahead_and_old_ones_go(pg_db: Database) -> None:
@@ -50,12 +62,12 @@ async def test_partitions_appear_ahead_and_old_ones_go(pg_db: Database) -> None:
     report = await Maintenance(pg_db, policy).run()
 
     assert report.ran
-    ahead = {_name(today + timedelta(days=d)) for d in range(8, 11)}
+    ahead = _ahead(today, range(8, 11))
     assert set(report.partitions_created) == ahead
     gone = {_name(today - timedelta(days=d)) for d in range(35, 41)}
     assert set(report.partitions_dropped) == gone
     partitions = await _partitions(pg_db)
-    assert ahead <= partitions
+    assert {n for n in ahead if n.startswith("metric_points")} <= partitions
     assert not gone & partitions
     # the migration's week back is within retention and stays
     assert {_name(today - timedelta(days=d)) for d in range(8)} <= partitions
@@ -91,7 +103,7 @@ async def test_the_lock_keeps_a_second_runner_out(pg_db: Database, empty_databas
         await other_replica.execute("SELECT pg_advisory_unlock_all()")
         report = await Maintenance(pg_db, LifecyclePolicy(partitions_ahead_days=12)).run()
         assert report.ran
-        assert len(report.partitions_created) == 5
+        assert len(report.partitions_created) == 10  # 5 days of metrics and of predictions
     finally:
         await other_replica.close()
 
@@ -101,7 +113,7 @@ async def test_concurrent_runs_do_not_overlap(pg_db: Database) -> None:
     reports = await asyncio.gather(*(maintenance.run() for _ in range(4)))
     created = [name for r in reports for name in r.partitions_created]
     assert sorted(created) == sorted(set(created))  # nothing made twice
-    assert len(created) == 2
+    assert len(created) == 4
     assert any(r.ran for r in reports)
 
 
@@ -120,15 +132,8 @@ async def test_a_cancelled_run_leaves_the_lock_free(pg_db: Database) -> None:
     assert {_name(today + timedelta(days=d)) for d in range(10)} <= await _partitions(pg_db)
 
 
-async def _seed_rows(db: Database, old: int, new: int) -> None:
+async def _seed_feedback(db: Database, old: int, new: int) -> None:
     for i in range(old + new):
-        age = timedelta(days=400 if i < old else 1)
-        await db.pool.execute(
-            "INSERT INTO predictions (prediction_id, user_id, prediction_type, create_time) "
-            "VALUES ($1, 'u', 't', now() - $2::interval)",
-            f"p{i}",
-            age,
-        )
         age = timedelta(days=800 if i < old else 1)
         await db.pool.execute(
             "INSERT INTO feedback (insight_id, user_id, rating, create_time, update_time) "
@@ -139,34 +144,32 @@ async def _seed_rows(db: Database, old: int, new: int) -> None:
 
 
 async def test_row_retention_deletes_only_old_rows_in_bounded_batches(pg_db: Database) -> None:
-    await _seed_rows(pg_db, old=10, new=4)
-    policy = LifecyclePolicy(
-        feedback_retention_days=730, prediction_retention_days=365, batch_rows=3, max_batches=2
-    )
+    await _seed_feedback(pg_db, old=10, new=4)
+    policy = LifecyclePolicy(feedback_retention_days=730, batch_rows=3, max_batches=2)
 
     first = await Maintenance(pg_db, policy).run()
     by_table = {r.table_name: r for r in first.rows_deleted}
-    assert by_table["predictions"].rows_deleted == 6
-    assert not by_table["predictions"].complete
     assert by_table["feedback"].rows_deleted == 6
+    assert not by_table["feedback"].complete
 
     second = await Maintenance(pg_db, policy).run()
     by_table = {r.table_name: r for r in second.rows_deleted}
-    assert by_table["predictions"].rows_deleted == 4
-    assert by_table["predictions"].complete
     assert by_table["feedback"].rows_deleted == 4
     assert by_table["feedback"].complete
 
-    predictions = await pg_db.pool.fetch("SELECT prediction_id FROM predictions ORDER BY 1")
     feedback = await pg_db.pool.fetch("SELECT insight_id FROM feedback ORDER BY 1")
-    assert [r[0] for r in predictions] == ["p10", "p11", "p12", "p13"]
     assert [r[0] for r in feedback] == ["i10", "i11", "i12", "i13"]
 
 
-async def test_row_retention_off_keeps_everything(pg_db: Database) -> None:
-    await _seed_rows(pg_db, old=3, new=1)
+async def test_row_retention_off_keeps_everything(db: Database) -> None:
+    await _seed_feedback(db, old=3, new=1)
+    store = PredictionStore(db)
+    await store.create_many([_prediction(f"p{i}") for i in range(4)])
+    async with db.connection() as conn:
+        await backdate_predictions(conn, ["p0", "p1", "p2"], days=800)
+        before = await partitions(conn)
     report = await Maintenance(
-        pg_db,
+        db,
         LifecyclePolicy(
             feedback_retention_days=0,
             prediction_retention_days=0,
@@ -175,8 +178,83 @@ async def test_row_retention_off_keeps_everything(pg_db: Database) -> None:
         ),
     ).run()
     assert report.rows_deleted == []
-    assert await pg_db.pool.fetchval("SELECT count(*) FROM predictions") == 4
-    assert await pg_db.pool.fetchval("SELECT count(*) FROM feedback") == 4
+    assert report.partitions_dropped == []
+    async with db.connection() as conn:
+        assert before <= await partitions(conn)
+    assert await db.pool.fetchval("SELECT count(*) FROM predictions") == 4
+    assert await db.pool.fetchval("SELECT count(*) FROM feedback") == 4
+
+
+def _prediction(pid: str) -> Prediction:
+    return Prediction(prediction_id=pid, user_id="u", prediction_type="t", payload={"n": 1})
+
+
+async def test_retention_of_a_day_of_predictions_is_a_partition_drop(db: Database) -> None:
+    """In either mode: the day's ids go, then its partition (or chunk) is dropped whole;
+    the days within retention keep every row, and an expired id can be used again."""
+    store = PredictionStore(db)
+    ages = {"old-1": 400, "old-2": 400, "last-expired": 366, "kept": 365, "new": 0}
+    await store.create_many([_prediction(pid) for pid in ages])
+    async with db.connection() as conn:
+        for pid, days in ages.items():
+            if days:
+                await backdate_predictions(conn, [pid], days)
+        expired = {await partition_of(conn, pid) for pid in ("old-1", "last-expired")}
+        kept = {await partition_of(conn, pid) for pid in ("kept", "new")}
+        assert len(expired) == 2
+        assert expired <= await partitions(conn)
+
+    report = await Maintenance(db, LifecyclePolicy(prediction_retention_days=365)).run()
+
+    assert {r.table_name: r.rows_deleted for r in report.rows_deleted}["prediction_ids"] == 3
+    assert {name.rsplit(".", 1)[-1] for name in report.partitions_dropped} == expired
+    async with db.connection() as conn:
+        left = await partitions(conn)
+        rows = await conn.fetch("SELECT prediction_id FROM predictions ORDER BY 1")
+        ids = await conn.fetch("SELECT prediction_id FROM prediction_ids ORDER BY 1")
+    assert not expired & left  # the relations are gone, not emptied
+    assert kept <= left
+    assert [r[0] for r in rows] == [r[0] for r in ids] == ["kept", "new"]
+    assert await store.get("old-1") is None
+    assert await store.get("kept") is not None
+    _, created = await store.create(_prediction("old-1"))
+    assert created
+
+    again = await Maintenance(db, LifecyclePolicy(prediction_retention_days=365)).run()
+    assert again.partitions_dropped == []
+    assert {r.table_name: r.rows_deleted for r in again.rows_deleted}["prediction_ids"] == 0
+
+
+async def test_prediction_retention_in_bounded_batches_drops_the_days_it_finished(
+    db: Database,
+) -> None:
+    store = PredictionStore(db)
+    days = {402: ["a1", "a2", "a3"], 401: ["b1", "b2", "b3"], 400: ["c1", "c2", "c3"]}
+    await store.create_many([_prediction(pid) for pids in days.values() for pid in pids])
+    async with db.connection() as conn:
+        for back, pids in days.items():
+            await backdate_predictions(conn, pids, back)
+        partition = {back: await partition_of(conn, pids[0]) for back, pids in days.items()}
+    policy = LifecyclePolicy(prediction_retention_days=365, batch_rows=2, max_batches=2)
+
+    dropped = []
+    for expected_ids, expected_days, complete in (
+        (4, [402], False),  # a1-a3 and b1: only day 402 has no ids left
+        (4, [401], False),  # b2, b3, c1, c2
+        (1, [400], True),
+    ):
+        report = await Maintenance(db, policy).run()
+        ids = {r.table_name: r for r in report.rows_deleted}["prediction_ids"]
+        assert (ids.rows_deleted, ids.complete) == (expected_ids, complete)
+        assert [name.rsplit(".", 1)[-1] for name in report.partitions_dropped] == [
+            partition[d] for d in expected_days
+        ]
+        dropped.extend(expected_days)
+        async with db.connection() as conn:
+            left = await partitions(conn)
+            stored = await conn.fetchval("SELECT count(*) FROM predictions")
+        assert not {partition[d] for d in dropped} & left
+        assert stored == 3 * (3 - len(dropped))
 
 
 async def test_batch_ids_older_than_the_dedupe_horizon_are_forgotten(pg_db: Database) -> None:
@@ -198,11 +276,10 @@ async def test_batch_ids_older_than_the_dedupe_horizon_are_forgotten(pg_db: Data
 
 async def test_outcomes_without_a_prediction_past_the_horizon_go(pg_db: Database) -> None:
     """Unmatched outcomes wait the horizon; matched ones go with their prediction."""
-    await pg_db.pool.execute(
-        "INSERT INTO predictions (prediction_id, user_id, prediction_type, create_time) "
-        "VALUES ('kept', 'u', 't', now() - interval '40 days'),"
-        " ('expired', 'u', 't', now() - interval '400 days')"
-    )
+    await PredictionStore(pg_db).create_many([_prediction("kept"), _prediction("expired")])
+    async with pg_db.connection() as conn:
+        await backdate_predictions(conn, ["kept"], days=40)
+        await backdate_predictions(conn, ["expired"], days=400)
     ages = {
         "kept": timedelta(days=40),  # matched: stays as long as its prediction
         "expired": timedelta(days=40),  # its prediction goes by retention, then it goes
@@ -219,7 +296,7 @@ async def test_outcomes_without_a_prediction_past_the_horizon_go(pg_db: Database
     policy = LifecyclePolicy(prediction_retention_days=365, batch_rows=1)
     report = await Maintenance(pg_db, policy).run()
     by_table = {r.table_name: r for r in report.rows_deleted}
-    assert by_table["predictions"].rows_deleted == 1
+    assert by_table["prediction_ids"].rows_deleted == 1
     assert (by_table["outcomes"].rows_deleted, by_table["outcomes"].complete) == (2, True)
     rows = await pg_db.pool.fetch("SELECT prediction_id FROM outcomes ORDER BY 1")
     assert [r[0] for r in rows] == ["kept", "waiting"]
@@ -271,4 +348,45 @@ async def test_lifecycle_in_the_servers_own_mode(db: Database) -> None:
         report = await Maintenance(db, LifecyclePolicy(partitions_ahead_days=8)).run()
         assert report.policies_changed == []
         today: date = await db.pool.fetchval("SELECT current_date")
-        assert report.partitions_created == [_name(today + timedelta(days=8))]
+        assert set(report.partitions_created) == _ahead(today, range(8, 9))
+
+
+async def test_dropping_a_day_does_not_queue_predictions_behind_a_listing(
+    pg_db: Database,
+) -> None:
+    """PostgreSQL mode: while a listing's transaction is open, the expired partition is
+    detached concurrently: maintenance waits for the listing, and nobody waits for it."""
+    store = PredictionStore(pg_db)
+    await store.create_many([_prediction(f"p{i:03}") for i in range(30)])
+    async with pg_db.connection() as conn:
+        await backdate_predictions(conn, ["p000"], days=400)
+        expired = await partition_of(conn, "p000")
+    listing = store.stream(PredictionFilter(user_id="u"), None, 5)
+    await anext(listing)  # the listing's transaction stays open between pages
+    run = asyncio.create_task(Maintenance(pg_db, LifecyclePolicy()).run())
+    try:
+        for _ in range(200):  # bounded: ~10 s
+            waiting = await pg_db.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' "
+                "AND (query LIKE '%DETACH PARTITION%' OR query LIKE 'DROP TABLE%')"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting, "maintenance should wait for the listing"
+        queued = await pg_db.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'predictions'::regclass AND NOT granted"
+        )
+        assert queued == 0
+        _, created = await asyncio.wait_for(store.create(_prediction("during")), 30)
+        assert created
+        rest = [p async for p in listing]
+        assert rest
+    finally:
+        await listing.aclose()
+    report = await run
+    assert expired in report.partitions_dropped
+    async with pg_db.connection() as conn:
+        assert expired not in await partitions(conn)
+        assert await conn.fetchval("SELECT to_regclass($1)", expired) is None

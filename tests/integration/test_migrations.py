@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import asyncpg
+import pytest
 
 from predictstore import migrate
+from predictstore.domain.predictions import Forecast, PredictionFilter
+from predictstore.errors import AlreadyExists
+from predictstore.storage.database import Database, PoolSettings
+from predictstore.storage.predictions import PredictionStore
+from tests.partitions import partition_of
 
-TABLES = {"predictions", "feedback", "metric_series", "metric_points", "metric_batches"}
+TABLES = {
+    "predictions",
+    "prediction_ids",
+    "feedback",
+    "metric_series",
+    "metric_points",
+    "metric_batches",
+}
 
 
 async def _tables(url: str) -> set[str]:
@@ -76,3 +90,61 @@ async def test_auto_mode_uses_timescaledb_when_the_server_has_it(empty_database_
     assert mode == expected
     if mode == "timescaledb":
         assert chunk_interval.days == 1
+
+
+@pytest.mark.parametrize("storage_mode", ["postgresql", "auto"])
+async def test_partitioning_predictions_keeps_the_rows_stored_before(
+    empty_database_url: str, storage_mode: str
+) -> None:
+    """0004 moves predictions made on several days (one long past retention) into
+    partitions or chunks; they read, list and dedupe as before, and go back on downgrade."""
+    url = empty_database_url
+    await asyncio.to_thread(migrate.upgrade, url, storage_mode=storage_mode, revision="0003")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO predictions (prediction_id, user_id, prediction_type, payload, "
+            "confidence, forecast_value, forecast_lower, forecast_upper, metadata, create_time) "
+            "SELECT 'before-' || d, 'u', 't', jsonb_build_object('day', d), 0.5, 2, 1, 3, "
+            '\'{"k": "v"}\', now() - make_interval(days => d) '
+            "FROM unnest(ARRAY[0, 3, 40, 500]) d"
+        )
+    finally:
+        await conn.close()
+
+    await asyncio.to_thread(migrate.upgrade, url, storage_mode=storage_mode)
+    db = await Database.open(url, PoolSettings(min_size=1, max_size=2))
+    try:
+        store = PredictionStore(db)
+        for d in (0, 3, 40, 500):
+            stored = await store.get(f"before-{d}")
+            assert stored is not None
+            assert stored.payload == {"day": d}
+            assert stored.forecast == Forecast(2, 1, 3)
+            assert stored.metadata == {"k": "v"}
+            again, created = await store.create(stored)
+            assert (again, created) == (stored, False)
+            with pytest.raises(AlreadyExists):
+                await store.create(replace(stored, user_id="someone else"))
+        listed = [
+            p for rows in [r async for r in store.stream(PredictionFilter(), None, 2)] for p in rows
+        ]
+        assert [p.prediction_id for p in listed] == [f"before-{d}" for d in (0, 3, 40, 500)]
+        async with db.connection() as conn:
+            holders = {await partition_of(conn, f"before-{d}") for d in (0, 3, 40, 500)}
+            assert await conn.fetchval("SELECT count(*) FROM prediction_ids") == 4
+    finally:
+        await db.close()
+    assert len(holders) == 4  # one day each
+
+    await asyncio.to_thread(migrate.downgrade, url, revision="0003")
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT prediction_id FROM predictions ORDER BY create_time")
+        kind = await conn.fetchval(
+            "SELECT relkind::text FROM pg_class WHERE relname = 'predictions'"
+        )
+    finally:
+        await conn.close()
+    assert [r[0] for r in rows] == [f"before-{d}" for d in (500, 40, 3, 0)]
+    assert kind == "r"

@@ -46,14 +46,15 @@ def stored_predictions(ids: str) -> str:
     the columns their marks need: prediction_id, model_name, model_version, create_time
     and target_time.
 
-    Every lookup of predictions by id goes through here, so a change of how predictions
-    are keyed (a table of ids beside partitions by day) is made in one place. It relies on
-    an index on prediction_id, not on it being the table's primary key.
+    Every lookup of predictions by id goes through here. predictions is split by day
+    with no index that leads with the id, so the lookup is predictstore_predictions_by_id
+    (migration 0004): primary key probes of prediction_ids, then a read of just the
+    partitions holding those ids. A stored prediction is one whose id is claimed there.
+    The function is STABLE, so it reads the calling statement's snapshot.
     """
     return f"""
 SELECT prediction_id, model_name, model_version, create_time, target_time
-FROM predictions
-WHERE prediction_id = ANY ({ids})
+FROM predictstore_predictions_by_id({ids})
 """
 
 

@@ -1,4 +1,5 @@
-"""Storage lifecycle: metric partitions or TimescaleDB policies, and row retention.
+"""Storage lifecycle: metric partitions or TimescaleDB policies, prediction partitions or
+chunks, row retention and (in PostgreSQL mode) the refresh of the hourly metric rollup.
 
 One run holds a session-level advisory lock on its own connection, so when several
 replicas run maintenance only one works at a time; if the process dies, the connection
@@ -18,9 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from predictstore.storage import metrics_rollup
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.database import Database
 from predictstore.storage.evaluation import EvaluationStore
+from predictstore.storage.metrics_rollup import RollupRefresh
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,80 @@ WHERE i.inhparent = 'metric_points'::regclass
 ORDER BY c.relname
 """
 
+# The daily partitions of predictions, oldest first.
+SELECT_PREDICTION_PARTITIONS = r"""
+SELECT c.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'predictions'::regclass
+  AND c.relname ~ '^predictions_p[0-9]{8}$'
+ORDER BY c.relname
+"""
+
+# Creates the daily prediction partitions covering [today, today + $1 days].
+ENSURE_PREDICTION_PARTITIONS = (
+    "SELECT predictstore_ensure_prediction_partitions(current_date, current_date + $1::int)"
+)
+
+# The daily prediction partitions whose whole day lies before $1, oldest first, and
+# whether a detach of each was left pending.
+SELECT_DROPPABLE_PREDICTION_PARTITIONS = r"""
+SELECT c.relname, i.inhdetachpending
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'predictions'::regclass
+  AND CASE WHEN c.relname ~ '^predictions_p[0-9]{8}$'  -- the date parsed only from our names
+      THEN (to_date(substr(c.relname, 14), 'YYYYMMDD') + 1)::timestamptz <= $1 END
+ORDER BY c.relname
+"""
+
+# Prediction partitions detached but not dropped (a run stopped between the two steps).
+SELECT_DETACHED_PREDICTION_PARTITIONS = r"""
+SELECT c.relname
+FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace
+  AND c.relkind = 'r'
+  AND NOT c.relispartition
+  AND c.relname ~ '^predictions_p[0-9]{8}$'
+ORDER BY c.relname
+"""
+
+# Detaches a prediction partition (the name is quoted in): CONCURRENTLY takes no lock
+# that blocks reads or writes of predictions; it waits for the transactions using it.
+DETACH_PREDICTION_PARTITION = "ALTER TABLE predictions DETACH PARTITION {} CONCURRENTLY"
+
+# Completes a detach that a lock timeout or a crash interrupted.
+FINALIZE_PREDICTION_DETACH = "ALTER TABLE predictions DETACH PARTITION {} FINALIZE"
+
+# lock_timeout for a statement that cannot run in a transaction block (DETACH
+# CONCURRENTLY), and back: the wait for the transactions using the table counts.
+SET_SESSION_LOCK_TIMEOUT = "SET lock_timeout = '5s'"
+RESET_LOCK_TIMEOUT = "RESET lock_timeout"
+
+# The start of the oldest day of predictions kept ($1 days back): a partition boundary,
+# midnight in the database's time zone as partitions are made.
+SELECT_PREDICTION_CUTOFF = "SELECT (current_date - $1::int)::timestamptz"
+
+# The same for TimescaleDB, whose 1-day chunks start at midnight UTC.
+SELECT_PREDICTION_CUTOFF_TIMESCALEDB = (
+    "SELECT time_bucket(INTERVAL '1 day', now() - make_interval(days => $1::int))"
+)
+
+# Deletes one batch of the oldest prediction ids created before $1 (a TID scan over a
+# bounded list, taken from prediction_ids_time_idx).
+DELETE_OLD_PREDICTION_IDS = """
+DELETE FROM prediction_ids
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM prediction_ids WHERE create_time < $1 ORDER BY create_time LIMIT $2
+))
+"""
+
+# When the oldest prediction id left was created: no partition wholly before it has ids.
+SELECT_OLDEST_PREDICTION_ID = "SELECT min(create_time) FROM prediction_ids"
+
+# TimescaleDB: drops the chunks of predictions wholly before $1; returns their names.
+DROP_PREDICTION_CHUNKS = "SELECT drop_chunks('predictions', older_than => $1::timestamptz)"
+
 # Today's date in the database's time zone (the one partition bounds are made in).
 SELECT_CURRENT_DATE = "SELECT current_date"
 
@@ -94,12 +171,6 @@ DELETE FROM feedback
 WHERE ctid = ANY (ARRAY(SELECT ctid FROM feedback WHERE update_time < $1 LIMIT $2))
 """
 
-# Deletes one batch of predictions created before $1 (a TID scan over a bounded list).
-DELETE_OLD_PREDICTIONS = """
-DELETE FROM predictions
-WHERE ctid = ANY (ARRAY(SELECT ctid FROM predictions WHERE create_time < $1 LIMIT $2))
-"""
-
 # Deletes one batch of dedupe batch ids committed before $1 (a TID scan over a bounded list).
 DELETE_OLD_METRIC_BATCHES = """
 DELETE FROM metric_batches
@@ -107,21 +178,21 @@ WHERE ctid = ANY (ARRAY(SELECT ctid FROM metric_batches WHERE commit_time < $1 L
 """
 
 # Deletes one batch of outcomes recorded before $1 that have no stored prediction: ones
-# whose prediction never arrived, and ones whose prediction retention removed (after
-# predictions, so that those go in the same run).
+# whose prediction never arrived, and ones whose prediction retention removed (run after
+# _expire_predictions, so that those go in the same run). A prediction is stored while
+# its id is in prediction_ids: one primary key probe, not one per partition.
 DELETE_OLD_UNMATCHED_OUTCOMES = """
 DELETE FROM outcomes
 WHERE ctid = ANY (ARRAY(
     SELECT o.ctid FROM outcomes AS o
     WHERE o.record_time < $1
-      AND NOT EXISTS (SELECT FROM predictions AS p WHERE p.prediction_id = o.prediction_id)
+      AND NOT EXISTS (SELECT FROM prediction_ids AS i WHERE i.prediction_id = o.prediction_id)
     LIMIT $2
 ))
 """
 
 _ROW_RETENTION = (
     ("feedback", DELETE_OLD_FEEDBACK),
-    ("predictions", DELETE_OLD_PREDICTIONS),
     ("metric_batches", DELETE_OLD_METRIC_BATCHES),
     ("outcomes", DELETE_OLD_UNMATCHED_OUTCOMES),
 )
@@ -154,6 +225,9 @@ class LifecyclePolicy:
     partitions_ahead_days: int = 7
     batch_rows: int = 5000
     max_batches: int = 200
+    # PostgreSQL mode: the rollup is materialised up to this long ago (TimescaleDB's
+    # policy: an hour), so the hours still being written to are read raw
+    rollup_lag_s: float = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +259,7 @@ class MaintenanceReport:
     policies_changed: list[PolicyChange] = field(default_factory=list)
     # dirty evaluation cells recomputed into the rollup
     evaluation_cells_refreshed: int = 0
+    rollup: RollupRefresh | None = None
 
 
 def _quote_ident(name: str) -> str:
@@ -219,15 +294,21 @@ class Maintenance:
                 report.ran = True
                 if self.db.mode == "postgresql":
                     await self._partitions(conn, report)
+                    report.rollup = await metrics_rollup.refresh(
+                        conn, datetime.now(UTC) - timedelta(seconds=self.policy.rollup_lag_s)
+                    )
                 else:
                     await self._policies(conn, report)
+                cutoff = await self._expire_predictions(conn, report)
                 for table, statement in _ROW_RETENTION:
                     keep = self._kept_for(table)
                     if keep is not None:
                         report.rows_deleted.append(
-                            await self._delete_rows(conn, table, statement, keep)
+                            await self._delete_rows(
+                                conn, table, statement, datetime.now(UTC) - keep
+                            )
                         )
-                await self._evaluation(conn, report)
+                await self._evaluation(conn, report, cutoff)
             finally:
                 # if this fails (a cancelled run), the pool's reset on release runs
                 # pg_advisory_unlock_all(), and a closed connection holds no lock
@@ -248,11 +329,14 @@ class Maintenance:
         )
         return report
 
-    async def _evaluation(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
-        """Evaluation rollup: rows past prediction retention deleted, dirty cells refreshed."""
-        keep = _days(self.policy.prediction_retention_days)
-        if keep is not None:
-            cutoff = datetime.now(UTC) - keep
+    async def _evaluation(
+        self, conn: asyncpg.Connection, report: MaintenanceReport, cutoff: datetime | None
+    ) -> None:
+        """Evaluation rollup: rows before the predictions' retention ``cutoff`` (the start
+        of the first day kept, None when kept forever) deleted, dirty cells refreshed.
+        The cutoff is the predictions' own, so the rollup keeps every hour whose
+        predictions are kept."""
+        if cutoff is not None:
             for table, deleted, complete in await self.evaluation.delete_expired(
                 conn, cutoff, self.policy.batch_rows, self.policy.max_batches
             ):
@@ -261,36 +345,116 @@ class Maintenance:
         report.evaluation_cells_refreshed = refreshed.cells
 
     async def _partitions(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
-        """PostgreSQL mode: daily partitions ahead, and whole days past retention dropped."""
-        try:
-            async with conn.transaction():
-                await conn.execute(SET_LOCK_TIMEOUT)
-                before = {r[0] for r in await conn.fetch(SELECT_METRIC_PARTITIONS)}
-                await conn.fetchval(ENSURE_PARTITIONS, self.policy.partitions_ahead_days)
-                after = [r[0] for r in await conn.fetch(SELECT_METRIC_PARTITIONS)]
-            report.partitions_created.extend(name for name in after if name not in before)
-        except asyncpg.LockNotAvailableError:
-            log.warning(
-                "metric_points busy, partitions made next run",
-                extra={"action": "partition_create_deferred"},
-            )
+        """PostgreSQL mode: daily partitions ahead, and whole metric days past retention
+        dropped (prediction days go in _expire_predictions)."""
+        for table, select, ensure in (
+            ("metric_points", SELECT_METRIC_PARTITIONS, ENSURE_PARTITIONS),
+            ("predictions", SELECT_PREDICTION_PARTITIONS, ENSURE_PREDICTION_PARTITIONS),
+        ):
+            try:
+                async with conn.transaction():
+                    await conn.execute(SET_LOCK_TIMEOUT)
+                    before = {r[0] for r in await conn.fetch(select)}
+                    await conn.fetchval(ensure, self.policy.partitions_ahead_days)
+                    after = [r[0] for r in await conn.fetch(select)]
+                report.partitions_created.extend(name for name in after if name not in before)
+            except asyncpg.LockNotAvailableError:
+                log.warning(
+                    "table busy, partitions made next run",
+                    extra={"action": "partition_create_deferred", "table": table},
+                )
         if self.policy.metrics_retention_days <= 0:
             return
         today = await conn.fetchval(SELECT_CURRENT_DATE)
         cutoff = today - timedelta(days=self.policy.metrics_retention_days)
         for row in await conn.fetch(SELECT_EXPIRED_PARTITIONS, cutoff):
-            name = row[0]
-            try:
-                async with conn.transaction():
-                    await conn.execute(SET_LOCK_TIMEOUT)
-                    await conn.execute(f"DROP TABLE IF EXISTS {_quote_ident(name)}")
-            except asyncpg.LockNotAvailableError:
-                log.warning(
-                    "partition busy, dropped next run",
-                    extra={"action": "partition_drop_deferred", "partition": name},
-                )
-                continue
-            report.partitions_dropped.append(name)
+            if await self._drop_partition(conn, row[0], metric=True):
+                report.partitions_dropped.append(row[0])
+
+    async def _drop_partition(
+        self, conn: asyncpg.Connection, name: str, *, metric: bool = False
+    ) -> bool:
+        """Drops one partition in its own transaction; False when it was busy. A metric
+        partition's hours are logged for the metric rollup in the same transaction."""
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                if metric:
+                    await conn.execute(metrics_rollup.INVALIDATE_PARTITION, name)
+                await conn.execute(f"DROP TABLE IF EXISTS {_quote_ident(name)}")
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "partition busy, dropped next run",
+                extra={"action": "partition_drop_deferred", "partition": name},
+            )
+            return False
+        return True
+
+    async def _detach_partition(self, conn: asyncpg.Connection, name: str, pending: bool) -> bool:
+        """Detaches a prediction partition before its drop; False when it has to wait.
+
+        A DROP of a partition needs an ACCESS EXCLUSIVE lock on predictions: while it
+        waits for a listing's transaction, every create and read queues behind it. A
+        detach CONCURRENTLY waits without blocking anyone; one that timed out is left
+        pending, and the next run finalizes it.
+        """
+        statement = FINALIZE_PREDICTION_DETACH if pending else DETACH_PREDICTION_PARTITION
+        try:
+            await conn.execute(SET_SESSION_LOCK_TIMEOUT)
+            await conn.execute(statement.format(_quote_ident(name)))
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "partition in use, detached next run",
+                extra={"action": "partition_detach_deferred", "partition": name},
+            )
+            return False
+        finally:
+            await conn.execute(RESET_LOCK_TIMEOUT)
+        return True
+
+    async def _expire_predictions(
+        self, conn: asyncpg.Connection, report: MaintenanceReport
+    ) -> datetime | None:
+        """Prediction retention, whole days at a time, in either mode.
+
+        The ids before the cutoff go first (batched, oldest first), then the partitions or
+        chunks wholly before the oldest id left: so no id outlives its row, and a run that
+        stops at its batch bound still drops the days whose ids it finished. Returns the
+        cutoff (the start of the first day kept), None when predictions are kept forever.
+        """
+        days = self.policy.prediction_retention_days
+        if days <= 0:
+            return None
+        timescale = self.db.mode == "timescaledb"
+        cutoff_sql = SELECT_PREDICTION_CUTOFF_TIMESCALEDB if timescale else SELECT_PREDICTION_CUTOFF
+        cutoff: datetime = await conn.fetchval(cutoff_sql, days)
+        report.rows_deleted.append(
+            await self._delete_rows(conn, "prediction_ids", DELETE_OLD_PREDICTION_IDS, cutoff)
+        )
+        oldest: datetime | None = await conn.fetchval(SELECT_OLDEST_PREDICTION_ID)
+        bound = cutoff if oldest is None else min(cutoff, oldest)
+        if not timescale:
+            for row in await conn.fetch(SELECT_DETACHED_PREDICTION_PARTITIONS):
+                if await self._drop_partition(conn, row[0]):
+                    report.partitions_dropped.append(row[0])
+            for name, pending in await conn.fetch(SELECT_DROPPABLE_PREDICTION_PARTITIONS, bound):
+                if await self._detach_partition(conn, name, pending) and await self._drop_partition(
+                    conn, name
+                ):
+                    report.partitions_dropped.append(name)
+            return cutoff
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                dropped = [r[0] for r in await conn.fetch(DROP_PREDICTION_CHUNKS, bound)]
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "prediction chunks busy, dropped next run",
+                extra={"action": "partition_drop_deferred", "table": "predictions"},
+            )
+            return cutoff
+        report.partitions_dropped.extend(dropped)
+        return cutoff
 
     async def _policies(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
         """TimescaleDB mode: retention and compression policies as the settings say."""
@@ -313,8 +477,6 @@ class Maintenance:
         """How long rows of ``table`` are kept; None keeps them forever."""
         if table == "feedback":
             return _days(self.policy.feedback_retention_days)
-        if table == "predictions":
-            return _days(self.policy.prediction_retention_days)
         if table == "outcomes":
             horizon = self.policy.unmatched_outcome_horizon_s
             return timedelta(seconds=horizon) if horizon > 0 else None
@@ -322,10 +484,10 @@ class Maintenance:
         return timedelta(seconds=horizon) if horizon > 0 else None
 
     async def _delete_rows(
-        self, conn: asyncpg.Connection, table: str, statement: str, keep: timedelta
+        self, conn: asyncpg.Connection, table: str, statement: str, cutoff: datetime
     ) -> RowsDeleted:
-        """Batched deletes, each its own short transaction; at most max_batches per run."""
-        cutoff = datetime.now(UTC) - keep
+        """Batched deletes of rows before ``cutoff``, each its own short transaction; at
+        most max_batches per run."""
         deleted = 0
         for _ in range(self.policy.max_batches):
             status = await conn.execute(statement, cutoff, self.policy.batch_rows)

@@ -6,11 +6,12 @@ three (the table has no unique key), so a resume position also counts how many p
 with exactly that key were delivered: the resumed read skips that many and no more.
 
 Aggregations come from raw rows (date_bin in PostgreSQL mode, time_bucket in TimescaleDB
-mode). In TimescaleDB mode, when the bucket width is a whole number of hours and no
-percentile is asked for, they come from the hourly continuous aggregate
-``metric_points_hourly`` for the hours it has materialised (below its watermark) and from
-raw rows for the rest (the not-yet-materialised tail and partial hours at the edges), so
-the answer is the one a raw scan gives. Percentiles always come from raw rows.
+mode). When the bucket width is a whole number of hours and no percentile is asked for,
+they come from the hourly rollup ``metric_points_hourly`` (TimescaleDB's continuous
+aggregate, or in PostgreSQL mode the service's table, storage/metrics_rollup.py) for the
+hours it has materialised and nothing has invalidated since, and from raw rows for the
+rest (the not-yet-materialised tail, hours written to since, partial hours at the edges),
+so the answer is the one a raw scan gives. Percentiles always come from raw rows.
 """
 
 from __future__ import annotations
@@ -29,10 +30,19 @@ import numpy as np
 import numpy.typing as npt
 
 from predictstore.errors import ResourceExhausted
+from predictstore.storage import metrics_rollup
 from predictstore.storage.database import Database, Params
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
+MICROSECOND = timedelta(microseconds=1)
+# Point reads sort windows of about this many fetches each (after the first, of one):
+# sorts that fit in work_mem, with few statements per read
+WINDOW_FETCHES = 4
+
+# Ends the transaction's portals: a point read's finished window keeps its sort's memory
+# until its portal closes.
+CLOSE_CURSORS = "CLOSE ALL"
 # Bucket origin of both modes: TimescaleDB's default (a Monday at midnight UTC), so hour,
 # day and week buckets line up the same way whichever mode computes them.
 BUCKET_ORIGIN_SQL = "'2000-01-03 00:00:00+00'::timestamptz"
@@ -209,51 +219,54 @@ def points_query(
     limit: int | None,
 ) -> tuple[str, list[Any]]:
     """SELECT_POINTS: the points of some series in [start, end), ordered by (time, series,
-    value), from a keyset position on. Time comes back as int8 microseconds since the
-    epoch, computed by the backend, so the service builds no datetime per point.
-
-    With a ``limit``, each series' first ``limit`` points come from its own scan of the
-    (series_id, time) index (a LATERAL subquery per series) and only those are merged:
-    the read costs series x limit rows, not its range, and needs no index in time order,
-    which would cost every COPY a second index to update."""
+    value), from a keyset position on, at most ``limit``. Time comes back as int8
+    microseconds since the epoch, computed by the backend, so the service builds no
+    datetime per point. stream_points runs it over windows of about a frame's worth of
+    points at a time (see ``window_edge_query``): each sorts only its window."""
     p = Params()
     ids = p(list(series_ids))
     lo, hi = p(start), p(end)
     op = "<=" if descending else ">="
     direction = " DESC" if descending else ""
-    resume = ""
+    where = f"series_id = ANY({ids}::int4[]) AND time >= {lo} AND time < {hi}"
     if after is not None:
         # re-read the key itself: rows equal to it that were not delivered yet follow it.
         # The plain time bound is what the index scan starts from.
-        at = micros_to_datetime(after.time_us)
-        at_p = p(at)
-        resume = (
-            f" AND {{t}} {op} {at_p}"
-            f" AND ({{t}}, {{s}}, {{v}}) {op} ({at_p}, {p(after.series_id)}, {p(after.value)})"
+        at_p = p(micros_to_datetime(after.time_us))
+        where += (
+            f" AND time {op} {at_p}"
+            f" AND (time, series_id, value) {op} ({at_p}, {p(after.series_id)}, {p(after.value)})"
         )
-    order = f"time{direction}, series_id{direction}, value{direction}"
-    if limit is None:
-        # the inner query sorts; the outer one converts times row by row as they are
-        # fetched (OFFSET 0 keeps the planner from converting every row before the sort)
-        where = f"series_id = ANY({ids}::int4[]) AND time >= {lo} AND time < {hi}"
-        where += resume.format(t="time", s="series_id", v="value")
-        source = (
-            f"SELECT time, series_id, value FROM metric_points WHERE {where}"
-            f" ORDER BY {order} OFFSET 0"
-        )
-    else:
-        n = p(limit)
-        where = f"m.series_id = s.series_id AND m.time >= {lo} AND m.time < {hi}"
-        where += resume.format(t="m.time", s="s.series_id", v="m.value")
-        source = (
-            "SELECT pt.time, s.series_id, pt.value"
-            f" FROM unnest({ids}::int4[]) AS s(series_id)"
-            " CROSS JOIN LATERAL (SELECT m.time, m.value FROM metric_points m"
-            f" WHERE {where} ORDER BY m.time{direction}, m.value{direction} LIMIT {n}) AS pt"
-            f" ORDER BY {order} LIMIT {n}"
-        )
+    # the inner query sorts; the outer one converts times row by row as they are fetched
+    # (OFFSET 0 keeps the planner from converting every row before the sort)
+    source = (
+        f"SELECT time, series_id, value FROM metric_points WHERE {where}"
+        f" ORDER BY time{direction}, series_id{direction}, value{direction}"
+    )
+    source += " OFFSET 0" if limit is None else f" LIMIT {p(limit)}"
     sql = (
         f"SELECT (extract(epoch FROM time) * 1000000)::int8, series_id, value FROM ({source}) AS p"
+    )
+    return sql, p.args
+
+
+def window_edge_query(
+    series_ids: Sequence[int], start: datetime, end: datetime, *, descending: bool, k: int
+) -> tuple[str, list[Any]]:
+    """WINDOW_EDGE: where a read window of at most ``len(series_ids) * k`` points ends: the
+    earliest (latest, descending) over the series of the time of their k-th point in
+    [start, end), NULL when no series has k. Each series' scan of the (series_id, time)
+    index reads k rows and stops, so finding a window costs about the window's points,
+    whatever the range: no index in time order is needed, which would cost every COPY a
+    second index to update (bench/ingest.py measured 45% fewer points/s with one)."""
+    p = Params()
+    direction = " DESC" if descending else ""
+    sql = (
+        f"SELECT {'max' if descending else 'min'}(x.time)"
+        f" FROM unnest({p(list(series_ids))}::int4[]) AS s(series_id)"
+        " CROSS JOIN LATERAL (SELECT m.time FROM metric_points m"
+        f" WHERE m.series_id = s.series_id AND m.time >= {p(start)} AND m.time < {p(end)}"
+        f" ORDER BY m.time{direction} OFFSET {p(k - 1)} LIMIT 1) AS x"
     )
     return sql, p.args
 
@@ -324,13 +337,13 @@ def aggregate_query(
     groups: Groups,
     spec: BucketSpec,
     after: BucketKey | None,
-    rollup: tuple[datetime, datetime] | None = None,
+    rollup: Sequence[tuple[datetime, datetime]] = (),
     *,
     every_series: bool = False,
 ) -> tuple[str, list[Any]]:
     """AGGREGATE_POINTS: buckets per (group index, bucket start), ordered so, from a
-    keyset position on. ``rollup`` is the hour range [a, b) to take from the hourly
-    continuous aggregate (raw rows cover the rest of the range). ``every_series`` (the
+    keyset position on. ``rollup`` holds the hour ranges [a, b), in time order, to take
+    from the hourly rollup (raw rows cover the rest of the range). ``every_series`` (the
     filter selects every series) drops the ``series_id = ANY`` test, which costs more per
     row than it saves then: the join with the groups still keeps only the listed series."""
     p = Params()
@@ -340,7 +353,7 @@ def aggregate_query(
     width = f"{p(timedelta(microseconds=spec.width_us))}::interval"
     start, end = p(spec.start), p(spec.end)
     in_series = "true" if every_series else f"series_id = ANY({ids}::int4[])"
-    if rollup is None and spec.percentiles:
+    if not rollup and spec.percentiles:
         # percentiles need every value of a group: one level, over raw rows
         ctes.append(
             f"agg AS (SELECT g.gid, {_bucket(mode, width, 'pt.time')} AS bucket,"
@@ -351,7 +364,7 @@ def aggregate_query(
             f" WHERE {in_series} AND pt.time >= {start} AND pt.time < {end}"
             " GROUP BY 1, 2)"
         )
-    elif rollup is None:
+    elif not rollup:
         # per series first (integer keys, hashed), then per group: far cheaper than
         # sorting every row by group
         ctes.append(
@@ -366,19 +379,26 @@ def aggregate_query(
             " NULL::float8[] AS pct FROM per_series ps JOIN g USING (series_id) GROUP BY 1, 2)"
         )
     else:
-        a, b = p(rollup[0]), p(rollup[1])
+        hour = (
+            "time_bucket(INTERVAL '1 hour', time)"
+            if mode == "timescaledb"
+            else f"date_bin(INTERVAL '1 hour', time, {BUCKET_ORIGIN_SQL})"
+        )
         raw_hours = (
-            "SELECT series_id, time_bucket(INTERVAL '1 hour', time) AS hour, count(*) AS n,"
+            f"SELECT series_id, {hour} AS hour, count(*) AS n,"
             " sum(value) AS total, min(value) AS lo, max(value) AS hi FROM metric_points"
             f" WHERE {in_series} AND time >= {{lo}} AND time < {{hi}} GROUP BY 1, 2"
         )
+        bounds = [(p(a), p(b)) for a, b in rollup]
+        in_rollup = " OR ".join(f"bucket >= {a} AND bucket < {b}" for a, b in bounds)
+        # raw rows for the gaps between the segments, the edges included
+        gaps = zip([start, *(b for _, b in bounds)], [*(a for a, _ in bounds), end], strict=True)
+        raw = "".join(f" UNION ALL {raw_hours.format(lo=lo, hi=hi)}" for lo, hi in gaps)
         ctes.append(
             "hourly AS ("
             "SELECT series_id, bucket AS hour, point_count AS n, value_sum AS total,"
             f" value_min AS lo, value_max AS hi FROM {ROLLUP_VIEW}"
-            f" WHERE {in_series} AND bucket >= {a} AND bucket < {b}"
-            f" UNION ALL {raw_hours.format(lo=start, hi=a)}"
-            f" UNION ALL {raw_hours.format(lo=b, hi=end)})"
+            f" WHERE {in_series} AND ({in_rollup}){raw})"
         )
         ctes.append(
             f"agg AS (SELECT g.gid, {_bucket(mode, width, 'h.hour')} AS bucket,"
@@ -490,6 +510,72 @@ def _skip_delivered(rows: list[asyncpg.Record], key: PointKey, skip: int) -> tup
     return [], skip - n
 
 
+async def _window_fetches(
+    conn: asyncpg.Connection,
+    series_ids: Sequence[int],
+    lo: datetime,
+    hi: datetime,
+    descending: bool,
+    after: PointKey | None,
+    total: int | None,
+    fetch_size: int,
+) -> AsyncGenerator[list[asyncpg.Record], None]:
+    """The rows of a point read, at most ``fetch_size`` per fetch, read window by window
+    from the read's edge: one sort of the whole range would hold back the first frame
+    until every row was read. The first window holds about one fetch's worth of rows
+    (WINDOW_EDGE finds its end), so the first frame leaves at once; later ones are sized
+    from the density of the last, to about WINDOW_FETCHES fetches, and found again by
+    WINDOW_EDGE after a window that came out sparse (a gap in the data). Windows are
+    consecutive time ranges, so together they give the total order of one statement."""
+    if not series_ids:
+        return
+    remaining = total
+    want = fetch_size if remaining is None else min(fetch_size, remaining)
+    width: timedelta | None = None  # unknown density: find the window's end
+    carry: list[asyncpg.Record] = []
+    while lo < hi and (remaining is None or remaining > 0):
+        if width is None:
+            k = -(-want // len(series_ids))
+            sql, args = window_edge_query(series_ids, lo, hi, descending=descending, k=k)
+            edge = await conn.fetchval(sql, *args)
+            if edge is None:
+                w_lo, w_hi = lo, hi
+            else:
+                w_lo, w_hi = (edge, hi) if descending else (lo, edge + MICROSECOND)
+        else:
+            w_lo, w_hi = (max(lo, hi - width), hi) if descending else (lo, min(hi, lo + width))
+        sql, args = points_query(
+            series_ids, w_lo, w_hi, descending=descending, after=after, limit=remaining
+        )
+        cursor = await conn.cursor(sql, *args)
+        n = 0
+        while True:  # full fetches: a window's last rows wait for the next window's first
+            asked = fetch_size - len(carry)
+            rows = await cursor.fetch(asked)
+            n += len(rows)
+            carry.extend(rows)
+            if len(rows) < asked:
+                break
+            yield carry
+            carry = []
+        await conn.execute(CLOSE_CURSORS)  # a finished portal still holds its sort
+        if remaining is not None:
+            remaining -= n
+        # the next window: as dense as this one, unless this one came out sparse
+        sparse = n == 0 or n < want // 8
+        want = fetch_size * WINDOW_FETCHES
+        if remaining is not None:
+            want = max(1, min(want, remaining))
+        span = w_hi - w_lo
+        width = None if sparse else max(MICROSECOND, min(span * (want / n), span * 8))
+        if descending:
+            hi = w_lo
+        else:
+            lo = w_hi
+    if carry:
+        yield carry
+
+
 class MetricsReadStore:
     def __init__(self, db: Database, *, fetch_all_max_buckets: int = FETCH_ALL_MAX_BUCKETS) -> None:
         self.db = db
@@ -519,27 +605,31 @@ class MetricsReadStore:
         limit: int | None,
         fetch_size: int,
     ) -> AsyncGenerator[PointBatch, None]:
-        """The points in order, at most ``fetch_size`` per batch, through a server-side
-        cursor in a read-only transaction: memory stays flat whatever the range. Closing
-        the generator (or cancelling its task) ends the transaction and frees the
-        connection; a cancelled fetch cancels the backend's query."""
+        """The points in order, at most ``fetch_size`` per batch, in one read-only
+        REPEATABLE READ transaction (one snapshot, as a single statement would see).
+        Memory stays flat whatever the range. Closing the generator (or cancelling its
+        task) ends the transaction and frees the connection; a cancelled fetch cancels
+        the backend's query."""
         skip = after.repeats if after is not None else 0
-        sql, args = points_query(
-            series_ids,
-            start,
-            end,
-            descending=descending,
-            after=after,
-            limit=None if limit is None else limit + skip,
-        )
-        async with self.db.connection() as conn, conn.transaction(readonly=True):
-            cursor = await conn.cursor(sql, *args)
+        total = None if limit is None else limit + skip
+        lo, hi = start, end
+        if after is not None:  # the windows start at the resume position
+            at = micros_to_datetime(after.time_us)
+            lo, hi = (lo, min(hi, at + MICROSECOND)) if descending else (max(lo, at), hi)
+        async with (
+            self.db.connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await conn.execute(CUSTOM_PLANS)
+            fetches = _window_fetches(
+                conn, series_ids, lo, hi, descending, after, total, fetch_size
+            )
             # one fetch always in flight: the backend produces the next batch while the
             # caller encodes and sends this one
-            pending = asyncio.ensure_future(cursor.fetch(fetch_size))
+            pending = asyncio.ensure_future(anext(fetches, None))
             try:
                 while rows := await pending:
-                    pending = asyncio.ensure_future(cursor.fetch(fetch_size))
+                    pending = asyncio.ensure_future(anext(fetches, None))
                     if skip and after is not None:
                         rows, skip = _skip_delivered(rows, after, skip)
                         if not rows:
@@ -549,31 +639,37 @@ class MetricsReadStore:
             finally:
                 if not pending.done():
                     pending.cancel()  # asyncpg cancels the backend's query
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await pending
+                await fetches.aclose()
 
-    async def rollup_range(
+    async def rollup_segments(
         self, spec: BucketSpec, conn: asyncpg.Connection | None = None
-    ) -> tuple[datetime, datetime] | None:
-        """The whole hours of ``spec``'s range the hourly rollup can answer, or None.
+    ) -> list[tuple[datetime, datetime]]:
+        """The whole-hour ranges of ``spec``'s range the hourly rollup answers exactly, in
+        time order; none unless the width is whole hours and no percentile is asked.
 
-        None unless in TimescaleDB mode, the width is whole hours, no percentile is asked,
-        the rollup has materialised some of the range and no write in it awaits a refresh.
+        TimescaleDB mode: the hours below the continuous aggregate's watermark, unless a
+        write in them awaits a refresh. PostgreSQL mode: the hours below the service's
+        watermark that its invalidation log does not name (storage/metrics_rollup.py).
         """
-        if self.db.mode != "timescaledb" or spec.percentiles or spec.width_us % HOUR_US:
-            return None
+        if spec.percentiles or spec.width_us % HOUR_US:
+            return []
         first, last = _ceil_hour(spec.start), _floor_hour(spec.end)
         if first >= last:
-            return None
-        args = (SELECT_ROLLUP_STATE, _internal_time(first), _internal_time(last))
+            return []
         if conn is None:
-            async with self.db.connection() as own:
-                row = await own.fetchrow(*args)
-        else:
-            row = await conn.fetchrow(*args)
+            async with (
+                self.db.connection() as own,
+                own.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                return await self.rollup_segments(spec, own)
+        if self.db.mode == "postgresql":
+            return await metrics_rollup.read_segments(conn, first, last)
+        row = await conn.fetchrow(SELECT_ROLLUP_STATE, _internal_time(first), _internal_time(last))
         if row is None or row[1] or row[0] <= _internal_time(first):
-            return None
-        return first, min(last, micros_to_datetime(row[0]))
+            return []
+        return [(first, min(last, micros_to_datetime(row[0])))]
 
     async def stream_buckets(
         self,
@@ -594,9 +690,13 @@ class MetricsReadStore:
             -(datetime_to_micros(spec.end) - datetime_to_micros(spec.start)) // spec.width_us
         )
         k = len(spec.percentiles)
-        async with self.db.connection() as conn, conn.transaction(readonly=True):
-            rollup = await self.rollup_range(spec, conn) if use_rollup else None
-            if rollup is None:
+        # one snapshot for the rollup's state and the rows it is combined with
+        async with (
+            self.db.connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rollup = await self.rollup_segments(spec, conn) if use_rollup else []
+            if not rollup:
                 await conn.execute(CUSTOM_PLANS)
             sql, args = aggregate_query(
                 self.db.mode, grouped, spec, after, rollup, every_series=every_series

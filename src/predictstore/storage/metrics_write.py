@@ -91,6 +91,15 @@ WHERE batch_id = ANY($1::text[])
 # Creates the daily partitions of metric_points covering [first_day, last_day] (PostgreSQL mode).
 ENSURE_PARTITIONS = "SELECT predictstore_ensure_metric_partitions($1::date, $2::date)"
 
+# Logs the hour ranges [lo, hi) (hours since the Unix epoch) a COPY wrote into: the hourly
+# rollup's invalidation log (PostgreSQL mode), committed with the points.
+INSERT_ROLLUP_DIRTY = """
+INSERT INTO metric_rollup_dirty (lo, hi)
+SELECT to_timestamp(lo * 3600), to_timestamp(hi * 3600)
+FROM unnest($1::int8[], $2::int8[]) AS x(lo, hi)
+"""
+
+HOUR_US = 3_600_000_000
 MAX_CACHED_SERIES = 1_000_000
 TRANSACTION_ATTEMPTS = 3
 
@@ -108,6 +117,29 @@ def copy_payload(parts: Sequence[bytes]) -> memoryview:
     """A whole binary COPY stream of encoded rows. A memoryview: asyncpg would take bytes
     for a file name."""
     return memoryview(b"".join((COPY_HEADER, *parts, COPY_TRAILER)))
+
+
+def touched_hours(parts: Sequence[bytes]) -> tuple[list[int], list[int]]:
+    """The hour ranges [lo, hi) (hours since the Unix epoch) that encoded rows fall in: one
+    per part, from its first to its last hour, merged where they overlap. A min and a max
+    over the time column already in hand, so the log costs the COPY next to nothing; a
+    part that spans days marks them all, which only sends more hours to raw rows."""
+    spans: list[tuple[int, int]] = []
+    for rows in parts:
+        times = np.frombuffer(rows, dtype=ROW_DTYPE)["time"]
+        if len(times):
+            lo, hi = int(times.min()) + PG_EPOCH_US, int(times.max()) + PG_EPOCH_US
+            spans.append((lo // HOUR_US, hi // HOUR_US + 1))
+    spans.sort()
+    los: list[int] = []
+    his: list[int] = []
+    for lo, hi in spans:
+        if los and lo <= his[-1]:
+            his[-1] = max(his[-1], hi)
+        else:
+            los.append(lo)
+            his.append(hi)
+    return los, his
 
 
 def _tags_json(key: SeriesKey) -> str:
@@ -202,7 +234,8 @@ class Replay:
 
 
 class MetricPointWriter:
-    """Commits batches of encoded points: batch-id dedupe and COPY in one transaction."""
+    """Commits batches of encoded points: batch-id dedupe, COPY and (PostgreSQL mode) the
+    hours they touched, for the rollup's invalidation log, in one transaction."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -276,6 +309,8 @@ class MetricPointWriter:
                     columns=COPY_COLUMNS,
                     format="binary",
                 )
+                if self.db.mode == "postgresql":
+                    await conn.execute(INSERT_ROLLUP_DIRTY, *touched_hours(stored))
         return outcome
 
     async def _ensure_partitions(self, days: set[int]) -> None:
