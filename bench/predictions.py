@@ -10,7 +10,8 @@ small JSON payload and metadata, a forecast on every other one). Measured:
   which the service does with a second COPY in the same transaction) against
   BatchCreatePredictions (a real ``predictstore serve`` process, one client stream of
   pre-serialised messages of 1,000 and of 20,000 items, until the reply, sent after
-  every COMMIT, has arrived);
+  every COMMIT, has arrived), in column form (PredictionColumns, as the client's
+  batch_create_columns sends) and in row form (repeated Prediction);
 - unary calls: CreatePrediction (new ids) and GetPrediction (random stored ids) from
   --clients client processes (default 2) with --in-flight calls each, calls/s and
   p50/p99 latency, against a bare grpc.aio server with an asyncpg pool running the same
@@ -22,8 +23,10 @@ small JSON payload and metadata, a forecast on every other one). Measured:
     python bench/predictions.py [--database-url URL] [--predictions N] [--unary-calls N]
 
 Without --database-url an embedded PostgreSQL runs in a temporary directory. With it,
-the bench creates (and drops) its own database on that server. ``ratio_vs_copy`` is the
-service with 20k-item messages over raw COPY in 20k batches. The last line printed is one
+the bench creates (and drops) its own database on that server. ``batch_per_s`` and
+``ratio_vs_copy`` are the column form with 20k-item messages (over raw COPY in 20k
+batches); ``row_batch_per_s`` and ``row_ratio_vs_copy`` the row form, the same way; the
+``_1k`` figures are those of 1k-item messages and batches. The last line printed is one
 JSON object with the figures.
 """
 
@@ -52,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import _stream, cpu_seconds, server_process, wait_serving
 from read import bench_database, free_port
 
+from predictstore.client.services import prediction_columns
 from predictstore.storage.database import read_storage_mode
 from predictstore.storage.predictions import (
     COLUMNS as SELECT_COLUMNS,
@@ -178,10 +182,18 @@ async def raw_copy(url: str, records: list[tuple[Any, ...]], batch: int) -> floa
     return len(records) / elapsed
 
 
-async def service(url: str, items: list[pb.Prediction], size: int, workdir: Path) -> float:
+def _message(items: list[pb.Prediction], columns: bool) -> pb.BatchCreatePredictionsRequest:
+    if columns:
+        return pb.BatchCreatePredictionsRequest(columns=prediction_columns(items))
+    return pb.BatchCreatePredictionsRequest(predictions=items)
+
+
+async def service(
+    url: str, items: list[pb.Prediction], size: int, workdir: Path, *, columns: bool
+) -> float:
     await reset(url)
     messages = [
-        pb.BatchCreatePredictionsRequest(predictions=items[i : i + size]).SerializeToString()
+        _message(items[i : i + size], columns).SerializeToString()
         for i in range(0, len(items), size)
     ]
     with server_process(url, workdir) as (target, pid):
@@ -200,7 +212,10 @@ async def service(url: str, items: list[pb.Prediction], size: int, workdir: Path
             elapsed = time.perf_counter() - started
         cpu = cpu_seconds(pid) - cpu_before
     log(f"  server CPU {cpu / len(items) * 1e6:.1f} us/prediction, {cpu / elapsed:.0%} of a core")
-    assert reply.created_count == len(items), f"created {reply.created_count} of {len(items)}"
+    assert reply.created_count == len(items), (
+        f"created {reply.created_count} of {len(items)}: {reply.existing_count} existing, "
+        f"{reply.rejected_count} rejected {reply.rejected[:2]}"
+    )
     assert await stored(url) == len(items)
     return len(items) / elapsed
 
@@ -454,12 +469,15 @@ async def bench(
         items, records = generate(count)
         raw = {}
         served = {}
+        rows = {}
         for size in SIZES:
             raw[size] = await raw_copy(db_url, records, size)
             log(f"raw COPY, {size:,}-row batches: {raw[size]:,.0f} predictions/s")
         for size in SIZES:
-            served[size] = await service(db_url, items, size, workdir)
-            log(f"BatchCreatePredictions, {size:,}-item messages: {served[size]:,.0f}/s")
+            rows[size] = await service(db_url, items, size, workdir, columns=False)
+            log(f"BatchCreatePredictions rows, {size:,}-item messages: {rows[size]:,.0f}/s")
+            served[size] = await service(db_url, items, size, workdir, columns=True)
+            log(f"BatchCreatePredictions columns, {size:,}-item messages: {served[size]:,.0f}/s")
         # the table now holds the `count` predictions of the last run
         list_per_s, cursor_per_s = await listing(db_url, count, workdir)
         log(f"ListPredictions {list_per_s:,.0f} rows/s, raw cursor {cursor_per_s:,.0f} rows/s")
@@ -474,6 +492,10 @@ async def bench(
         "batch_1k_per_s": round(served[SIZES[0]]),
         "raw_copy_1k_per_s": round(raw[SIZES[0]]),
         "ratio_vs_copy_1k": round(served[SIZES[0]] / raw[SIZES[0]], 3),
+        "row_batch_per_s": round(rows[big]),
+        "row_ratio_vs_copy": round(rows[big] / raw[big], 3),
+        "row_batch_1k_per_s": round(rows[SIZES[0]]),
+        "row_ratio_vs_copy_1k": round(rows[SIZES[0]] / raw[SIZES[0]], 3),
         "unary_clients": clients,
         "unary_in_flight": in_flight,
         "unary_create_per_s": round(u["create"]["per_s"]),

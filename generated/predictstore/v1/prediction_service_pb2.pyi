@@ -63,11 +63,55 @@ class CreatePredictionResponse(_message.Message):
     created: bool
     def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
+class PredictionColumns(_message.Message):
+    __slots__ = ("prediction_ids", "user_ids", "contexts", "prediction_types", "prediction_type_indexes", "model_names", "model_name_indexes", "model_versions", "model_version_indexes", "confidences", "has_confidence", "forecast_values", "forecast_lower_bounds", "forecast_upper_bounds", "has_forecast", "target_time_unix_micros", "has_target_time", "payload_json", "metadata_json")
+    PREDICTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_TYPES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_TYPE_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCES_FIELD_NUMBER: _ClassVar[int]
+    HAS_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_VALUES_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_LOWER_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_UPPER_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    HAS_FORECAST_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TIME_UNIX_MICROS_FIELD_NUMBER: _ClassVar[int]
+    HAS_TARGET_TIME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    prediction_ids: _containers.RepeatedScalarFieldContainer[str]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    contexts: _containers.RepeatedScalarFieldContainer[str]
+    prediction_types: _containers.RepeatedScalarFieldContainer[str]
+    prediction_type_indexes: _containers.RepeatedScalarFieldContainer[int]
+    model_names: _containers.RepeatedScalarFieldContainer[str]
+    model_name_indexes: _containers.RepeatedScalarFieldContainer[int]
+    model_versions: _containers.RepeatedScalarFieldContainer[str]
+    model_version_indexes: _containers.RepeatedScalarFieldContainer[int]
+    confidences: _containers.RepeatedScalarFieldContainer[float]
+    has_confidence: _containers.RepeatedScalarFieldContainer[bool]
+    forecast_values: _containers.RepeatedScalarFieldContainer[float]
+    forecast_lower_bounds: _containers.RepeatedScalarFieldContainer[float]
+    forecast_upper_bounds: _containers.RepeatedScalarFieldContainer[float]
+    has_forecast: _containers.RepeatedScalarFieldContainer[bool]
+    target_time_unix_micros: _containers.RepeatedScalarFieldContainer[int]
+    has_target_time: _containers.RepeatedScalarFieldContainer[bool]
+    payload_json: _containers.RepeatedScalarFieldContainer[str]
+    metadata_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prediction_ids: _Optional[_Iterable[str]] = ..., user_ids: _Optional[_Iterable[str]] = ..., contexts: _Optional[_Iterable[str]] = ..., prediction_types: _Optional[_Iterable[str]] = ..., prediction_type_indexes: _Optional[_Iterable[int]] = ..., model_names: _Optional[_Iterable[str]] = ..., model_name_indexes: _Optional[_Iterable[int]] = ..., model_versions: _Optional[_Iterable[str]] = ..., model_version_indexes: _Optional[_Iterable[int]] = ..., confidences: _Optional[_Iterable[float]] = ..., has_confidence: _Optional[_Iterable[bool]] = ..., forecast_values: _Optional[_Iterable[float]] = ..., forecast_lower_bounds: _Optional[_Iterable[float]] = ..., forecast_upper_bounds: _Optional[_Iterable[float]] = ..., has_forecast: _Optional[_Iterable[bool]] = ..., target_time_unix_micros: _Optional[_Iterable[int]] = ..., has_target_time: _Optional[_Iterable[bool]] = ..., payload_json: _Optional[_Iterable[str]] = ..., metadata_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class BatchCreatePredictionsRequest(_message.Message):
-    __slots__ = ("predictions",)
+    __slots__ = ("predictions", "columns")
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
-    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
+    columns: PredictionColumns
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., columns: _Optional[_Union[PredictionColumns, _Mapping]] = ...) -> None: ...
 
 class RejectedPrediction(_message.Message):
     __slots__ = ("index", "prediction_id", "field", "reason")

@@ -19,12 +19,14 @@ adds:
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf import json_format, struct_pb2
 
 from predictstore.client.retry import Backoff, RetryPolicy
 from predictstore.client.writer import MetricsWriter
@@ -124,6 +126,24 @@ class Predictions:
         items = [_with_id(p) for p in predictions]
         messages = [
             prediction_pb.BatchCreatePredictionsRequest(predictions=items[i : i + batch_items])
+            for i in range(0, len(items), batch_items)
+        ]
+        reply: prediction_pb.BatchCreatePredictionsResponse = await self._calls.client_stream(
+            self._stub.BatchCreatePredictions, messages
+        )
+        return reply
+
+    async def batch_create_columns(
+        self, predictions: Sequence[prediction_pb.Prediction], *, batch_items: int = 20_000
+    ) -> prediction_pb.BatchCreatePredictionsResponse:
+        """batch_create in column form (see prediction_columns): the server decodes an
+        item in a fraction of the row form's time, so bulk loads go faster. Items are
+        numbered as in batch_create."""
+        items = [_with_id(p) for p in predictions]
+        messages = [
+            prediction_pb.BatchCreatePredictionsRequest(
+                columns=prediction_columns(items[i : i + batch_items])
+            )
             for i in range(0, len(items), batch_items)
         ]
         reply: prediction_pb.BatchCreatePredictionsResponse = await self._calls.client_stream(
@@ -385,6 +405,50 @@ class Admin:
             self._stub.CancelImportJob, admin_pb.CancelImportJobRequest(job_id=job_id)
         )
         return reply
+
+
+def prediction_columns(
+    predictions: Sequence[prediction_pb.Prediction],
+) -> prediction_pb.PredictionColumns:
+    """``predictions`` in column form: item k of the columns is predictions[k].
+
+    Model names, versions and prediction types go as dictionaries; payload and metadata
+    as compact JSON text.
+    """
+    columns = prediction_pb.PredictionColumns(
+        prediction_ids=[p.prediction_id for p in predictions],
+        user_ids=[p.user_id for p in predictions],
+    )
+    if any(p.context for p in predictions):
+        columns.contexts.extend(p.context for p in predictions)
+    for name in ("prediction_type", "model_name", "model_version"):
+        entries: dict[str, int] = {}
+        indexes = [entries.setdefault(getattr(p, name), len(entries)) for p in predictions]
+        getattr(columns, name + "s").extend(entries)
+        if len(entries) > 1:
+            getattr(columns, name + "_indexes").extend(indexes)
+    if any(p.HasField("confidence") for p in predictions):
+        columns.confidences.extend(p.confidence for p in predictions)
+        columns.has_confidence.extend(p.HasField("confidence") for p in predictions)
+    if any(p.HasField("forecast") for p in predictions):
+        columns.forecast_values.extend(p.forecast.value for p in predictions)
+        columns.forecast_lower_bounds.extend(p.forecast.lower_bound for p in predictions)
+        columns.forecast_upper_bounds.extend(p.forecast.upper_bound for p in predictions)
+        columns.has_forecast.extend(p.HasField("forecast") for p in predictions)
+    if any(p.HasField("target_time") for p in predictions):
+        columns.target_time_unix_micros.extend(p.target_time.ToMicroseconds() for p in predictions)
+        columns.has_target_time.extend(p.HasField("target_time") for p in predictions)
+    if any(p.payload.fields for p in predictions):
+        columns.payload_json.extend(_json_text(p.payload) for p in predictions)
+    if any(p.metadata.fields for p in predictions):
+        columns.metadata_json.extend(_json_text(p.metadata) for p in predictions)
+    return columns
+
+
+def _json_text(value: struct_pb2.Struct) -> str:
+    if not value.fields:
+        return ""
+    return json.dumps(json_format.MessageToDict(value), separators=(",", ":"), ensure_ascii=False)
 
 
 def _with_id(prediction: prediction_pb.Prediction) -> prediction_pb.Prediction:

@@ -193,13 +193,33 @@ def screen_rows(rows: Sequence[PredictionRow], limits: PredictionLimits) -> set[
     column), and only a column that fails is searched item by item. The result may hold
     more than the refused rows: validate_prediction on those gives the exact violations.
     """
-    flagged: set[int] = set()
     if not rows:
+        return set()
+    flagged = screen_columns(list(zip(*rows, strict=True)), limits)
+    for i, row in enumerate(rows):
+        confidence, value, lower, upper = row[5], row[6], row[7], row[8]
+        if confidence is not None and not 0.0 <= confidence <= 1.0:
+            flagged.add(i)
+        if value is not None and not (
+            lower is not None
+            and upper is not None
+            and lower <= value <= upper  # false for NaN
+            and math.isfinite(lower)
+            and math.isfinite(upper)
+        ):
+            flagged.add(i)
+    return flagged
+
+
+def screen_columns(columns: Sequence[Sequence[Any]], limits: PredictionLimits) -> set[int]:
+    """screen_rows for the text columns (in ROW_FIELDS order; the numbers are not looked
+    at): the column form has them as columns already and checks its numbers vectorised."""
+    flagged: set[int] = set()
+    if not columns or not columns[0]:
         return flagged
-    columns = list(zip(*rows, strict=True))
 
     def scan(col: int, limit: int, *, ident: bool, required: bool) -> None:
-        values: tuple[str, ...] = columns[col]
+        values: Sequence[str] = columns[col]
         joined = "".join(values)
         marked = _CONTROL.search(joined) if ident else "\x00" in joined
         if marked or max(map(len, values)) > limit or (required and not all(values)):
@@ -220,21 +240,9 @@ def screen_rows(rows: Sequence[PredictionRow], limits: PredictionLimits) -> set[
     scan(10, TEXT_LIMIT, ident=False, required=False)  # model_version
     limit = limits.max_payload_bytes
     for col in (4, 12):  # payload, metadata: size and NUL as check_json sees them
-        docs: tuple[bytes, ...] = columns[col]
+        docs: Sequence[bytes] = columns[col]
         if max(map(len, docs)) > limit or b"\\u0000" in b"".join(docs):
             flagged.update(i for i, d in enumerate(docs) if len(d) > limit or b"\\u0000" in d)
-    for i, row in enumerate(rows):
-        confidence, value, lower, upper = row[5], row[6], row[7], row[8]
-        if confidence is not None and not 0.0 <= confidence <= 1.0:
-            flagged.add(i)
-        if value is not None and not (
-            lower is not None
-            and upper is not None
-            and lower <= value <= upper  # false for NaN
-            and math.isfinite(lower)
-            and math.isfinite(upper)
-        ):
-            flagged.add(i)
     return flagged
 
 

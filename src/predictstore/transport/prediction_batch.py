@@ -1,6 +1,8 @@
 """BatchCreatePredictions: one stream's items decoded, validated and written in groups.
 
-Items are numbered across the stream. Each becomes one tuple (a PredictionRow, its JSON
+Items are numbered across the stream: a message's rows (``predictions``), then its
+columns (``columns``, decoded by prediction_columns into the same tuples). Each row
+becomes one tuple (a PredictionRow, its JSON
 already text) and the tuples of a slice are validated column by column; the few that a
 column check flags are validated one by one for the exact violations. Good items gather
 in a group of distinct ids, written by one COPY (PredictionStore.create_rows) while the
@@ -26,6 +28,7 @@ from predictstore.domain.predictions import (
 from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.storage.predictions import PredictionStore
 from predictstore.transport.convert import prediction_row_from_proto
+from predictstore.transport.prediction_columns import MALFORMED, ColumnItems
 from predictstore.v1 import prediction_service_pb2 as pb
 
 # Validated items gathered into one COPY: large enough to amortise a COPY's fixed cost,
@@ -33,6 +36,8 @@ from predictstore.v1 import prediction_service_pb2 as pb
 BULK_CHUNK = 5_000
 # Items decoded at a stretch before the COPY in flight gets the event loop back.
 DECODE_SLICE = 500
+# The same for items in column form, cheaper each.
+COLUMN_SLICE = 1_000
 
 
 class _Group:
@@ -71,11 +76,37 @@ class BatchWriter:
                 )
             )
 
-    async def add(self, items: Sequence[pb.Prediction]) -> None:
-        """Take one message's items (numbered on from the last message's)."""
+    async def add(self, message: pb.BatchCreatePredictionsRequest) -> None:
+        """Take one message's items (numbered on from the last message's): its rows,
+        then its columns."""
+        items = message.predictions
         for start in range(0, len(items), DECODE_SLICE):
             await self._add_slice(items[start : start + DECODE_SLICE])
             await asyncio.sleep(0)  # the COPY in flight sends while we decode
+        if message.HasField("columns"):
+            await self._add_columns(ColumnItems(message.columns, self.limits))
+
+    async def _add_columns(self, items: ColumnItems) -> None:
+        first = self.index
+        self.index += items.count
+        if items.malformed:
+            for i in range(items.count):
+                pid = items.ids[i] if i < len(items.ids) else ""
+                self.reject(first + i, pid, "columns", MALFORMED)
+            return
+        for start in range(0, items.count, COLUMN_SLICE):
+            rows, violations = items.slice(start, min(start + COLUMN_SLICE, items.count))
+            pending = self.group.pending
+            for i, row in enumerate(rows, first + start):
+                if i - first - start in violations:
+                    for v in violations[i - first - start]:
+                        self.reject(i, row[0], v.field, v.description)
+                elif row[0] and row[0] not in pending and len(pending) < BULK_CHUNK - 1:
+                    pending[row[0]] = (i, row)  # what _take does with a new id, inline
+                else:
+                    await self._take(i, row)
+                    pending = self.group.pending
+            await asyncio.sleep(0)
 
     async def _add_slice(self, items: Sequence[pb.Prediction]) -> None:
         first = self.index

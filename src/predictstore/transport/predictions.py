@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -32,6 +35,26 @@ from predictstore.v1 import prediction_service_pb2 as pb
 
 def _new_id() -> str:
     return str(uuid.uuid4())
+
+
+# BatchCreatePredictions messages received while the one before is decoded. gRPC lets a
+# client send a message only as fast as the server asks for them: without reading ahead
+# a large message (20,000 items in column form, some 3 MB) crosses the wire while the
+# server's Python waits.
+READ_AHEAD_MESSAGES = 1
+_END = object()
+
+
+async def _read_ahead(request_iterator: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:
+    """Move the stream's messages into the bounded queue; its end, or the error that
+    ended it, goes last."""
+    try:
+        async for message in request_iterator:
+            await queue.put(message)
+    except Exception as exc:  # raised by the consumer, as the stream's own error
+        await queue.put(exc)
+        return
+    await queue.put(_END)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -69,13 +92,21 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.BatchCreatePredictionsResponse:
         batch = BatchWriter(self.store, self.limits, self.max_rejections_reported)
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD_MESSAGES)
+        reader = asyncio.create_task(_read_ahead(request_iterator, queue))
         try:
-            async for message in request_iterator:
-                await batch.add(message.predictions)
+            while (message := await queue.get()) is not _END:
+                if isinstance(message, BaseException):
+                    raise message
+                await batch.add(message)
             return await batch.reply()
         except BaseException:
             await batch.abandon()
             raise
+        finally:
+            reader.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await reader
 
     async def GetPrediction(
         self, request: pb.GetPredictionRequest, context: grpc.aio.ServicerContext
