@@ -26,6 +26,7 @@ from predictstore.storage.admin import AdminStore
 from predictstore.storage.api_keys import ApiKeyStore, KeyRefresher
 from predictstore.storage.audit import AuditStore
 from predictstore.storage.database import Database, PoolSettings
+from predictstore.storage.erasure import ErasureStore
 from predictstore.storage.evaluation import EvaluationRefresher, EvaluationStore
 from predictstore.storage.feedback import FeedbackStore
 from predictstore.storage.maintenance import LifecyclePolicy, Maintenance, MaintenanceRunner
@@ -36,6 +37,7 @@ from predictstore.transport.admin import AdminServicer
 from predictstore.transport.admin_keys import ApiKeyHandlers
 from predictstore.transport.audit import AuditInterceptor
 from predictstore.transport.auth import AuthInterceptor
+from predictstore.transport.erasure import ErasureHandlers
 from predictstore.transport.errors import ErrorInterceptor
 from predictstore.transport.evaluation import EvaluationServicer
 from predictstore.transport.evaluation_read import EvaluationReadHandlers
@@ -159,6 +161,12 @@ async def start_server(
             ("grpc.so_reuseport", 0),
         ],
     )
+    metrics_writer = MetricsWriteHandlers.from_settings(db, settings)
+    erasure = ErasureHandlers(
+        ErasureStore(db, settings.erasure_batch_rows),
+        settings.max_id_length,
+        metrics_writer.resolver.forget_user,
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(
             PredictionStore(db),
@@ -168,10 +176,10 @@ async def start_server(
             frame_max_items=settings.frame_max_items,
             frame_max_bytes=settings.frame_max_bytes,
             max_rejections_reported=settings.max_rejections_reported,
+            erasure=erasure,
         ),
         server,
     )
-    metrics_writer = MetricsWriteHandlers.from_settings(db, settings)
     metrics_reader = MetricsReadHandlers(
         db,
         max_points=settings.metrics_query_max_points,
@@ -229,6 +237,7 @@ async def start_server(
             settings,
             ApiKeyHandlers(keys, policy, settings.frame_max_items, settings.frame_max_bytes),
             imports,
+            erasure=erasure,
         ),
         server,
     )

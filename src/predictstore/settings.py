@@ -199,6 +199,12 @@ class Settings(BaseSettings):
     evaluation_refresh_batch_cells: int = Field(
         default=500, ge=1, description="Dirty evaluation cells one refresh transaction recomputes."
     )
+    erasure_batch_rows: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most rows of one table one DeleteUserData transaction deletes.",
+    )
     evaluation_max_buckets: int = Field(
         default=100_000,
         ge=1,

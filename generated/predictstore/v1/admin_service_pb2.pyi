@@ -446,3 +446,25 @@ class CancelImportJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: ImportJob
     def __init__(self, job: _Optional[_Union[ImportJob, _Mapping]] = ...) -> None: ...
+
+class DeleteUserDataRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ErasedRows(_message.Message):
+    __slots__ = ("table_family", "rows_deleted")
+    TABLE_FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    table_family: str
+    rows_deleted: int
+    def __init__(self, table_family: _Optional[str] = ..., rows_deleted: _Optional[int] = ...) -> None: ...
+
+class DeleteUserDataResponse(_message.Message):
+    __slots__ = ("erased", "done")
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    erased: _containers.RepeatedCompositeFieldContainer[ErasedRows]
+    done: bool
+    def __init__(self, erased: _Optional[_Iterable[_Union[ErasedRows, _Mapping]]] = ..., done: _Optional[bool] = ...) -> None: ...

@@ -91,6 +91,11 @@ class AdminServiceStub:
                 request_serializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobRequest.SerializeToString,
                 response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobResponse.FromString,
                 _registered_method=True)
+        self.DeleteUserData = channel.unary_stream(
+                '/predictstore.v1.AdminService/DeleteUserData',
+                request_serializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -188,6 +193,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteUserData(self, request, context):
+        """Erases everything stored about one user: predictions (with their outcomes), metric
+        series (with their points, compressed ones included) and feedback, in bounded
+        batches, rollups included. Streams progress; the last message has done = true.
+        Idempotent: a second call deletes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +260,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CancelImportJob,
                     request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobRequest.FromString,
                     response_serializer=predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobResponse.SerializeToString,
+            ),
+            'DeleteUserData': grpc.unary_stream_rpc_method_handler(
+                    servicer.DeleteUserData,
+                    request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -546,6 +566,33 @@ class AdminService:
             '/predictstore.v1.AdminService/CancelImportJob',
             predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobRequest.SerializeToString,
             predictstore_dot_v1_dot_admin__service__pb2.CancelImportJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/predictstore.v1.AdminService/DeleteUserData',
+            predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataRequest.SerializeToString,
+            predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -180,3 +180,15 @@ class ListPredictionsResponse(_message.Message):
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     resume_token: str
     def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class DeletePredictionRequest(_message.Message):
+    __slots__ = ("prediction_id",)
+    PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
+    prediction_id: str
+    def __init__(self, prediction_id: _Optional[str] = ...) -> None: ...
+
+class DeletePredictionResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...

@@ -55,6 +55,11 @@ class PredictionServiceStub:
                 request_serializer=predictstore_dot_v1_dot_prediction__service__pb2.ListPredictionsRequest.SerializeToString,
                 response_deserializer=predictstore_dot_v1_dot_prediction__service__pb2.ListPredictionsResponse.FromString,
                 _registered_method=True)
+        self.DeletePrediction = channel.unary_unary(
+                '/predictstore.v1.PredictionService/DeletePrediction',
+                request_serializer=predictstore_dot_v1_dot_prediction__service__pb2.DeletePredictionRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_prediction__service__pb2.DeletePredictionResponse.FromString,
+                _registered_method=True)
 
 
 class PredictionServiceServicer:
@@ -93,6 +98,14 @@ class PredictionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeletePrediction(self, request, context):
+        """Deletes one prediction with its outcome; its evaluation cells are recomputed.
+        Deleting an id that is not stored is OK, with deleted = false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +128,11 @@ def add_PredictionServiceServicer_to_server(servicer, server):
                     servicer.ListPredictions,
                     request_deserializer=predictstore_dot_v1_dot_prediction__service__pb2.ListPredictionsRequest.FromString,
                     response_serializer=predictstore_dot_v1_dot_prediction__service__pb2.ListPredictionsResponse.SerializeToString,
+            ),
+            'DeletePrediction': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePrediction,
+                    request_deserializer=predictstore_dot_v1_dot_prediction__service__pb2.DeletePredictionRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_prediction__service__pb2.DeletePredictionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +244,33 @@ class PredictionService:
             '/predictstore.v1.PredictionService/ListPredictions',
             predictstore_dot_v1_dot_prediction__service__pb2.ListPredictionsRequest.SerializeToString,
             predictstore_dot_v1_dot_prediction__service__pb2.ListPredictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePrediction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/predictstore.v1.PredictionService/DeletePrediction',
+            predictstore_dot_v1_dot_prediction__service__pb2.DeletePredictionRequest.SerializeToString,
+            predictstore_dot_v1_dot_prediction__service__pb2.DeletePredictionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -172,6 +172,11 @@ class SeriesResolver:
     def cached(self, key: SeriesKey) -> int | None:
         return self._cache.get(key)
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop the cached series of ``user_id`` (erased: their ids are gone)."""
+        for key in [k for k in self._cache if k.user_id == user_id]:
+            del self._cache[key]
+
     async def resolve(self, keys: Sequence[SeriesKey]) -> list[int]:
         """The series id of each key, creating missing series."""
         cache = self._cache

@@ -18,6 +18,7 @@ from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.maintenance import Maintenance
 from predictstore.transport.admin_keys import ApiKeyHandlers
 from predictstore.transport.convert import optional_datetime, to_timestamp
+from predictstore.transport.erasure import ErasureHandlers
 from predictstore.transport.frames import framed
 from predictstore.transport.imports import ImportHandlers
 from predictstore.v1 import admin_service_pb2 as pb
@@ -98,9 +99,11 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         settings: Settings,
         keys: ApiKeyHandlers,
         imports: ImportHandlers | None = None,
+        erasure: ErasureHandlers | None = None,
     ) -> None:
         self.keys = keys
         self.imports = imports
+        self.erasure = erasure
         self.store = store
         self.maintenance = maintenance
         self.audit = audit
@@ -245,6 +248,13 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: pb.CancelImportJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelImportJobResponse:
         return await self._imports().cancel(request, context)
+
+    def DeleteUserData(
+        self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DeleteUserDataResponse]:
+        if self.erasure is None:
+            raise FailedPrecondition("this server runs no erasure")
+        return self.erasure.delete_user_data(request, context)
 
 
 def _audit_event(e: AuditEvent) -> pb.AuditEvent:

@@ -35,6 +35,7 @@ AUDITED_ADMIN_METHODS = (
     "/predictstore.v1.AdminService/RevokeApiKey",
     "/predictstore.v1.AdminService/StartImport",
     "/predictstore.v1.AdminService/CancelImportJob",
+    "/predictstore.v1.AdminService/DeleteUserData",
 )
 
 # The details of the audited call running in this context (None outside of one).
@@ -64,6 +65,8 @@ def _resource(*messages: Any) -> str:
             return f"api_keys/{message.key_name}"  # type: ignore[attr-defined]
         if "insight_id" in names and "user_id" in names:
             return f"feedback/{message.insight_id}/{message.user_id}"  # type: ignore[attr-defined]
+        if names == {"user_id"}:  # DeleteUserData
+            return f"users/{message.user_id}"  # type: ignore[attr-defined]
         if "prediction" in names and message.prediction.prediction_id:  # type: ignore[attr-defined]
             return f"predictions/{message.prediction.prediction_id}"  # type: ignore[attr-defined]
         if "prediction_id" in names:
@@ -177,6 +180,9 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ) -> AsyncIterator[Any]:
                 details: dict[str, Any] = {}
                 outcome = "OK"
+                # a server stream (one request) names what it acted on, as a unary call
+                resource = "stream" if client_streams else _resource(request) or "stream"
+                _call_details.set(details)  # no reset: a generator may close in another context
                 try:
                     async for response in behavior(request, context):
                         _counts(response, details)
@@ -185,7 +191,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     outcome = _outcome(exc)
                     raise
                 finally:
-                    await self._record(method, "stream", outcome, details)
+                    _call_details.set(None)
+                    await self._record(method, resource, outcome, details)
 
             return wrapper
 

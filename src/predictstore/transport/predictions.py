@@ -27,6 +27,7 @@ from predictstore.transport.convert import (
     prediction_from_proto,
     prediction_to_proto,
 )
+from predictstore.transport.erasure import ErasureHandlers
 from predictstore.transport.frames import framed
 from predictstore.transport.prediction_batch import BatchWriter
 from predictstore.v1 import common_pb2, prediction_service_pb2_grpc
@@ -66,7 +67,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         frame_max_items: int,
         frame_max_bytes: int,
         max_rejections_reported: int,
+        erasure: ErasureHandlers,
     ) -> None:
+        self.erasure = erasure
         self.store = store
         self.limits = limits
         self.frame_max_items = frame_max_items
@@ -118,6 +121,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if prediction is None:
             raise NotFound(f"prediction {echo(pid)!r} not found")
         return pb.GetPredictionResponse(prediction=prediction_to_proto(prediction))
+
+    async def DeletePrediction(
+        self, request: pb.DeletePredictionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeletePredictionResponse:
+        return await self.erasure.delete_prediction(request, context)
 
     async def ListPredictions(
         self, request: pb.ListPredictionsRequest, context: grpc.aio.ServicerContext
