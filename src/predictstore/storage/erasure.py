@@ -137,7 +137,9 @@ DELETE_SERIES_ROLLUP = "DELETE FROM metric_points_hourly WHERE series_id = $1"
 
 # Recomputes the continuous aggregate over [$1, $2) (TimescaleDB mode; not in a
 # transaction block).
-REFRESH_AGGREGATE = "CALL refresh_continuous_aggregate('metric_points_hourly', $1::timestamptz, $2::timestamptz)"
+REFRESH_AGGREGATE = (
+    "CALL refresh_continuous_aggregate('metric_points_hourly', $1::timestamptz, $2::timestamptz)"
+)
 
 
 @dataclass(slots=True)
