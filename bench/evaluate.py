@@ -78,6 +78,7 @@ from ingest import cpu_seconds
 from read import bench_database, free_port, serve, wait_serving
 
 from predictstore.storage.database import read_storage_mode
+from predictstore.storage.predictions import BULK_COLUMNS
 from predictstore.v1 import admin_service_pb2 as admin_pb
 from predictstore.v1 import evaluation_service_pb2 as pb
 from predictstore.v1 import prediction_service_pb2 as pred_pb
@@ -111,21 +112,6 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
-PREDICTION_COLUMNS = (
-    "prediction_id",
-    "user_id",
-    "context",
-    "prediction_type",
-    "payload",
-    "confidence",
-    "forecast_value",
-    "forecast_lower",
-    "forecast_upper",
-    "model_name",
-    "model_version",
-    "target_time",
-    "metadata",
-)
 OUTCOME_COLUMNS = ("prediction_id", "observed_value", "observed_label", "observe_time", "metadata")
 FEEDBACK_COLUMNS = ("insight_id", "user_id", "rating", "flag_type")
 
@@ -1140,7 +1126,7 @@ class Run:
         log(f"{len(d.feedback):,} feedback rows copied")
         began = time.perf_counter()
         records = [d.record(i) for i in self.early.tolist()]
-        seconds = await copy_rows(self.db, "predictions", PREDICTION_COLUMNS, records)
+        seconds = await copy_rows(self.db, "predictions", BULK_COLUMNS, records)
         del records
         await sql(self.db, CLAIM_COPIED_IDS)
         await sql(self.db, MARK_EXISTING)

@@ -57,13 +57,8 @@ from read import bench_database, free_port
 
 from predictstore.client.services import prediction_columns
 from predictstore.storage.database import read_storage_mode
-from predictstore.storage.predictions import (
-    COLUMNS as SELECT_COLUMNS,
-)
-from predictstore.storage.predictions import (
-    INSERT_PREDICTION,
-    SELECT_PREDICTION,
-)
+from predictstore.storage.predictions import BULK_COLUMNS, INSERT_PREDICTION, SELECT_PREDICTION
+from predictstore.storage.predictions import COLUMNS as SELECT_COLUMNS
 from predictstore.transport.struct_json import struct_json
 from predictstore.v1 import prediction_service_pb2 as pb
 
@@ -74,21 +69,6 @@ BATCH_METHOD = f"/{SERVICE}/BatchCreatePredictions"
 CREATE_METHOD = f"/{SERVICE}/CreatePrediction"
 GET_METHOD = f"/{SERVICE}/GetPrediction"
 LIST_METHOD = f"/{SERVICE}/ListPredictions"
-COLUMNS = (
-    "prediction_id",
-    "user_id",
-    "context",
-    "prediction_type",
-    "payload",
-    "confidence",
-    "forecast_value",
-    "forecast_lower",
-    "forecast_upper",
-    "model_name",
-    "model_version",
-    "target_time",
-    "metadata",
-)
 
 
 def log(text: str) -> None:
@@ -173,7 +153,7 @@ async def raw_copy(url: str, records: list[tuple[Any, ...]], batch: int) -> floa
         started = time.perf_counter()
         for start in range(0, len(records), batch):
             await conn.copy_records_to_table(
-                "predictions", records=records[start : start + batch], columns=COLUMNS
+                "predictions", records=records[start : start + batch], columns=BULK_COLUMNS
             )
         elapsed = time.perf_counter() - started
     finally:

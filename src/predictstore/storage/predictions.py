@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from predictstore.domain.predictions import (
+    ROW_FIELDS,
     Forecast,
     Prediction,
     PredictionFilter,
@@ -47,7 +48,7 @@ RETURNING {COLUMNS}
 
 # The columns a bulk create supplies, in the order of PredictionRow (create_time is the
 # store's).
-BULK_COLUMNS = tuple(c.strip() for c in COLUMNS.split(",")[:-1])
+BULK_COLUMNS = ROW_FIELDS
 
 # A session-local landing area for COPY: json stays text here, cast once in the INSERT.
 CREATE_STAGING = """
@@ -134,25 +135,6 @@ def _row_to_prediction(row: asyncpg.Record) -> Prediction:
     )
 
 
-def _values(p: Prediction) -> tuple[Any, ...]:
-    f = p.forecast
-    return (
-        p.prediction_id,
-        p.user_id,
-        p.context,
-        p.prediction_type,
-        p.payload,
-        p.confidence,
-        f.value if f else None,
-        f.lower_bound if f else None,
-        f.upper_bound if f else None,
-        p.model_name,
-        p.model_version,
-        p.target_time,
-        p.metadata,
-    )
-
-
 def _list_query(
     flt: PredictionFilter, after: tuple[datetime, str] | None, limit: int = 0
 ) -> tuple[str, list[Any]]:
@@ -218,7 +200,7 @@ class PredictionStore:
         """
         await self._ensure_partition()
         async with self.db.connection() as conn:
-            row = await conn.fetchrow(invalidation.marking_returned(INSERT_PREDICTION), *_values(p))
+            row = await conn.fetchrow(invalidation.marking_returned(INSERT_PREDICTION), *row_of(p))
             if row is not None:
                 return _row_to_prediction(row), True
             row = await conn.fetchrow(SELECT_PREDICTION, p.prediction_id)
