@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +48,7 @@ from ingest import (
     raw_binary_copy,
     raw_copy,
     reset,
+    run_on_server,
     server_process,
     wait_serving,
 )
@@ -223,20 +223,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=5_000_000, help="points to move")
     parser.add_argument("--parallel", type=int, default=2, help="export --parallel (default 2)")
     args = parser.parse_args()
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    with tempfile.TemporaryDirectory(prefix="predictstore-bench-") as tmp:
-        workdir = Path(tmp)
-        if args.database_url:
-            result = asyncio.run(bench(args.database_url, args.points, workdir, args.parallel))
-        else:
-            from predictstore.embedded import EmbeddedPostgres
-
-            embedded = EmbeddedPostgres(workdir)
-            embedded.start()
-            try:
-                result = asyncio.run(bench(embedded.url(), args.points, workdir, args.parallel))
-            finally:
-                embedded.stop()
+    result = run_on_server(
+        lambda url, workdir: bench(url, args.points, workdir, args.parallel), args.database_url
+    )
     print(json.dumps(result), flush=True)
 
 

@@ -33,10 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -392,25 +393,32 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
     }
 
 
+def run_on_server(
+    bench: Callable[[str, Path], Coroutine[Any, Any, dict[str, Any]]], url: str | None
+) -> dict[str, Any]:
+    """``bench(url, workdir)`` on the server at ``url``, or on an embedded PostgreSQL made
+    in a temporary directory (which is also the bench's workdir) and stopped after."""
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    with tempfile.TemporaryDirectory(prefix="predictstore-bench-") as tmp:
+        workdir = Path(tmp)
+        if url:
+            return asyncio.run(bench(url, workdir))
+        from predictstore.embedded import EmbeddedPostgres
+
+        embedded = EmbeddedPostgres(workdir)
+        embedded.start()
+        try:
+            return asyncio.run(bench(embedded.url(), workdir))
+        finally:
+            embedded.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
     parser.add_argument("--points", type=int, default=1_000_000, help="points to write")
     args = parser.parse_args()
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    with tempfile.TemporaryDirectory(prefix="predictstore-bench-") as tmp:
-        workdir = Path(tmp)
-        if args.database_url:
-            result = asyncio.run(bench(args.database_url, args.points, workdir))
-        else:
-            from predictstore.embedded import EmbeddedPostgres
-
-            embedded = EmbeddedPostgres(workdir)
-            embedded.start()
-            try:
-                result = asyncio.run(bench(embedded.url(), args.points, workdir))
-            finally:
-                embedded.stop()
+    result = run_on_server(lambda url, workdir: bench(url, args.points, workdir), args.database_url)
     print(json.dumps(result), flush=True)
 
 

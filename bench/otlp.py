@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -43,7 +42,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import cpu_seconds, log, reset, server_process, wait_serving
+from ingest import cpu_seconds, log, reset, run_on_server, server_process, wait_serving
 from read import with_database
 
 from predictstore import migrate
@@ -298,20 +297,7 @@ def main() -> None:
     parser.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
     parser.add_argument("--points", type=int, default=500_000, help="points to write")
     args = parser.parse_args()
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    with tempfile.TemporaryDirectory(prefix="predictstore-bench-") as tmp:
-        workdir = Path(tmp)
-        if args.database_url:
-            result = asyncio.run(bench(args.database_url, args.points, workdir))
-        else:
-            from predictstore.embedded import EmbeddedPostgres
-
-            embedded = EmbeddedPostgres(workdir)
-            embedded.start()
-            try:
-                result = asyncio.run(bench(embedded.url(), args.points, workdir))
-            finally:
-                embedded.stop()
+    result = run_on_server(lambda url, workdir: bench(url, args.points, workdir), args.database_url)
     print(json.dumps(result), flush=True)
 
 
