@@ -295,18 +295,10 @@ _OPERATIONS = {"status": _status, "psql": _psql, "backup": _backup, "restore": _
 
 
 def _health(settings: Settings, args: argparse.Namespace) -> int:
-    from predictstore.probe import channel_for, check, probe_target
+    from predictstore.probe import channel_from_flags, check
 
-    target = args.address or probe_target(settings.listen)
     try:
-        channel = channel_for(
-            settings,
-            target,
-            ca_file=args.ca_file,
-            server_name=args.server_name,
-            client_cert=args.client_cert,
-            client_key=args.client_key,
-        )
+        target, channel = channel_from_flags(settings, args)
     except OSError as exc:
         _say(f"cannot read a TLS file: {exc}")
         return 2

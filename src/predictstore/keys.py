@@ -74,19 +74,11 @@ def table(keys: Sequence[pb.ApiKey]) -> list[str]:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run ``keys create --store``, ``keys list`` or ``keys revoke``; the exit status."""
-    from predictstore.probe import channel_for, probe_target
+    from predictstore.probe import channel_from_flags
 
-    target = args.address or probe_target(settings.listen)
     try:
         metadata = _metadata(args)
-        channel = channel_for(
-            settings,
-            target,
-            ca_file=args.ca_file,
-            server_name=args.server_name,
-            client_cert=args.client_cert,
-            client_key=args.client_key,
-        )
+        target, channel = channel_from_flags(settings, args)
     except OSError as exc:
         print(f"predictstore: cannot read a key or TLS file: {exc}", file=sys.stderr)
         return 2

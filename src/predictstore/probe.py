@@ -7,6 +7,7 @@ PREDICTSTORE_TLS_*), so a container's HEALTHCHECK follows whatever the server wa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,6 +47,22 @@ def channel_for(
     )
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     return grpc.secure_channel(target, credentials, options=options)
+
+
+def channel_from_flags(settings: Settings, args: Any) -> tuple[str, grpc.Channel]:
+    """The target and channel of a command with the server flags (``--address``,
+    ``--ca-file``, ``--server-name``, ``--client-cert``, ``--client-key``): health, keys.
+    OSError when a TLS file cannot be read."""
+    target = args.address or probe_target(settings.listen)
+    channel = channel_for(
+        settings,
+        target,
+        ca_file=args.ca_file,
+        server_name=args.server_name,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+    )
+    return target, channel
 
 
 def check(channel: grpc.Channel, timeout_s: float) -> str:
