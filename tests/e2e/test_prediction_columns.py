@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 
 from predictstore.app import RunningServer
 from predictstore.client import Client
@@ -16,26 +15,15 @@ from predictstore.client.services import prediction_columns
 from predictstore.storage.database import Database
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
+from tests.e2e.test_predictions_api import prediction as row_prediction
 
 TARGET_MICROS = 1_800_000_000_000_000
 
 
 def prediction(pid: str, **kwargs: object) -> pb.Prediction:
-    payload = struct_pb2.Struct()
-    payload.update({"labels": {"cat": 0.9, "dog": 0.1}})
-    message = pb.Prediction(
-        prediction_id=pid,
-        user_id="u1",
-        context="home",
-        prediction_type="image_label",
-        payload=payload,
-        confidence=0.9,
-        model_name="resnet",
-        model_version="50",
-    )
+    """The prediction of the row-form tests, with a target time."""
+    message = row_prediction(pid, **kwargs)
     message.target_time.FromMicroseconds(TARGET_MICROS)
-    for key, value in kwargs.items():
-        setattr(message, key, value)
     return message
 
 
