@@ -59,7 +59,7 @@ from predictstore.client.services import prediction_columns
 from predictstore.storage.database import read_storage_mode
 from predictstore.storage.predictions import BULK_COLUMNS, INSERT_PREDICTION, SELECT_PREDICTION
 from predictstore.storage.predictions import COLUMNS as SELECT_COLUMNS
-from predictstore.transport.struct_json import struct_json
+from predictstore.transport.wire.struct_json import struct_json
 from predictstore.v1 import prediction_service_pb2 as pb
 
 USERS = 1_000

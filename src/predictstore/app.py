@@ -32,38 +32,38 @@ from predictstore.storage.feedback import FeedbackStore
 from predictstore.storage.maintenance import LifecyclePolicy, Maintenance, MaintenanceRunner
 from predictstore.storage.predictions import PredictionStore
 from predictstore.telemetry import configure_logging, configure_telemetry, watch_pool
-from predictstore.transport import reflection
-from predictstore.transport.admin import AdminServicer
-from predictstore.transport.admin_keys import ApiKeyHandlers
-from predictstore.transport.audit import AuditInterceptor
-from predictstore.transport.auth import AuthInterceptor
-from predictstore.transport.erasure import ErasureHandlers
-from predictstore.transport.errors import ErrorInterceptor
-from predictstore.transport.evaluation import EvaluationServicer
-from predictstore.transport.evaluation_read import EvaluationReadHandlers
 from predictstore.transport.exposure import (
     ConfigurationError,
     auth_policy,
     check_exposure,
     server_credentials,
 )
-from predictstore.transport.feedback import FeedbackServicer
-from predictstore.transport.health import HealthReporter
-from predictstore.transport.imports import ImportHandlers
-from predictstore.transport.limits import StreamLimitInterceptor
-from predictstore.transport.metrics import MetricsServicer
-from predictstore.transport.metrics_discovery import SeriesDiscoveryHandlers
-from predictstore.transport.metrics_read import MetricsReadHandlers
-from predictstore.transport.metrics_write import MetricsWriteHandlers
-from predictstore.transport.otlp import (
+from predictstore.transport.interceptors.audit import AuditInterceptor
+from predictstore.transport.interceptors.auth import AuthInterceptor
+from predictstore.transport.interceptors.errors import ErrorInterceptor
+from predictstore.transport.interceptors.limits import StreamLimitInterceptor
+from predictstore.transport.interceptors.rpc_metrics import RpcMetricsInterceptor
+from predictstore.transport.servicers import reflection
+from predictstore.transport.servicers.admin import AdminServicer
+from predictstore.transport.servicers.admin_keys import ApiKeyHandlers
+from predictstore.transport.servicers.erasure import ErasureHandlers
+from predictstore.transport.servicers.evaluation import EvaluationServicer
+from predictstore.transport.servicers.evaluation_read import EvaluationReadHandlers
+from predictstore.transport.servicers.feedback import FeedbackServicer
+from predictstore.transport.servicers.health import HealthReporter
+from predictstore.transport.servicers.imports import ImportHandlers
+from predictstore.transport.servicers.metrics import MetricsServicer
+from predictstore.transport.servicers.metrics_discovery import SeriesDiscoveryHandlers
+from predictstore.transport.servicers.metrics_read import MetricsReadHandlers
+from predictstore.transport.servicers.metrics_write import MetricsWriteHandlers
+from predictstore.transport.servicers.otlp import (
     SERVICE_NAME_OTLP,
     OtlpMetricsServicer,
     OtlpOptions,
     add_otlp_servicer,
 )
-from predictstore.transport.outcomes import OutcomeWriteHandlers
-from predictstore.transport.predictions import PredictionServicer
-from predictstore.transport.rpc_metrics import RpcMetricsInterceptor
+from predictstore.transport.servicers.outcomes import OutcomeWriteHandlers
+from predictstore.transport.servicers.predictions import PredictionServicer
 from predictstore.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,

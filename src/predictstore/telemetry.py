@@ -2,7 +2,7 @@
 
 Traces: the gRPC server interceptor and the asyncpg instrumentation, so one trace spans an
 RPC and its SQL; log records made inside a span carry its trace_id and span_id.
-Metrics: RPC latency (transport/rpc_metrics.py), pool utilisation gauges, query latency
+Metrics: RPC latency (transport/interceptors/rpc_metrics.py), pool utilisation gauges, query latency
 and a slow-query counter (both from the asyncpg spans), exported by OTLP, the console
 and/or a Prometheus scrape endpoint.
 """

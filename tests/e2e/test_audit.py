@@ -13,7 +13,7 @@ from predictstore.app import RunningServer
 from predictstore.client import MetricsWriter
 from predictstore.storage.audit import AuditStore
 from predictstore.storage.database import Database
-from predictstore.transport.audit import AuditInterceptor
+from predictstore.transport.interceptors.audit import AuditInterceptor
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
 
@@ -57,7 +57,7 @@ async def test_an_audit_outage_logs_one_line_without_traceback(
     interceptor = AuditInterceptor(AuditStore(db))
     async with db.connection() as conn:
         await conn.execute("ALTER TABLE audit_events RENAME TO audit_events_away")
-    with caplog.at_level(logging.WARNING, logger="predictstore.transport.audit"):
+    with caplog.at_level(logging.WARNING, logger="predictstore.transport.interceptors.audit"):
         for _ in range(5):
             await interceptor._record("/m/Write", "r", "OK", {})
         async with db.connection() as conn:

@@ -22,7 +22,7 @@ from predictstore.app import RunningServer, start_server
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
 from predictstore.storage.metrics_read import BucketBatch, MetricsReadStore, SeriesFilter
-from predictstore.transport.metrics_read import DEFAULT_AGGREGATIONS, BucketFrames
+from predictstore.transport.servicers.metrics_read import DEFAULT_AGGREGATIONS, BucketFrames
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub

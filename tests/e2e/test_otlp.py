@@ -34,7 +34,7 @@ from predictstore.app import RunningServer, start_server
 from predictstore.domain.auth import hash_key
 from predictstore.settings import ApiKeyConfig, Settings
 from predictstore.storage.database import Database
-from predictstore.transport.otlp import SERVICE_NAME_OTLP
+from predictstore.transport.servicers.otlp import SERVICE_NAME_OTLP
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 from tests.helpers import field_violations, retry_delay_s

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from predictstore.storage.database import Database
-from predictstore.transport.outcomes import BULK_CHUNK
+from predictstore.transport.servicers.outcomes import BULK_CHUNK
 from predictstore.v1 import evaluation_service_pb2 as pb
 from predictstore.v1.evaluation_service_pb2_grpc import EvaluationServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub

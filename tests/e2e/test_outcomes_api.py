@@ -17,7 +17,7 @@ from predictstore.app import RunningServer, start_server
 from predictstore.domain.auth import hash_key
 from predictstore.settings import ApiKeyConfig, Settings
 from predictstore.storage.database import Database
-from predictstore.transport.outcomes import BULK_CHUNK
+from predictstore.transport.servicers.outcomes import BULK_CHUNK
 from predictstore.v1 import admin_service_pb2 as admin_pb
 from predictstore.v1 import evaluation_service_pb2 as pb
 from predictstore.v1 import prediction_service_pb2 as ppb

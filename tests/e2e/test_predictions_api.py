@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from predictstore.app import RunningServer
 from predictstore.storage.database import Database
-from predictstore.transport.prediction_batch import BULK_CHUNK
+from predictstore.transport.servicers.prediction_batch import BULK_CHUNK
 from predictstore.v1 import common_pb2
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub

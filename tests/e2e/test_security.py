@@ -26,7 +26,7 @@ from predictstore.app import RunningServer, start_server
 from predictstore.domain.auth import hash_key
 from predictstore.settings import ApiKeyConfig, Settings
 from predictstore.storage.database import Database
-from predictstore.transport.auth import required_scope
+from predictstore.transport.interceptors.auth import required_scope
 from predictstore.v1 import admin_service_pb2 as admin_pb
 from predictstore.v1 import metrics_service_pb2 as mpb
 from predictstore.v1 import prediction_service_pb2 as pb

@@ -6,7 +6,7 @@ import pytest
 
 from predictstore.domain import resume
 from predictstore.errors import InvalidArgument
-from predictstore.transport.frames import FrameBuilder
+from predictstore.transport.wire.frames import FrameBuilder
 from predictstore.v1 import prediction_service_pb2 as pb
 
 

@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from predictstore.transport.struct_json import NotJson, struct_bytes, struct_json
+from predictstore.transport.wire.struct_json import NotJson, struct_bytes, struct_json
 
 texts = st.text(max_size=20)
 json_values = st.recursive(

@@ -11,7 +11,7 @@ import grpc
 from predictstore.domain.auth import ApiKey, KeyRing, check_scopes
 from predictstore.errors import PredictstoreError
 from predictstore.settings import ApiKeyConfig, Settings
-from predictstore.transport.auth import AuthPolicy
+from predictstore.transport.interceptors.auth import AuthPolicy
 
 
 class ConfigurationError(PredictstoreError):

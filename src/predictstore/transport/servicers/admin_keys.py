@@ -23,9 +23,9 @@ from predictstore.domain.auth import (
 from predictstore.domain.validation import check_id
 from predictstore.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, echo
 from predictstore.storage.api_keys import ApiKeyStore, StoredKey
-from predictstore.transport.auth import AuthPolicy
-from predictstore.transport.convert import to_timestamp
-from predictstore.transport.frames import keyed_frames
+from predictstore.transport.interceptors.auth import AuthPolicy
+from predictstore.transport.wire.convert import to_timestamp
+from predictstore.transport.wire.frames import keyed_frames
 from predictstore.v1 import admin_service_pb2 as pb
 
 # Resume position of settings keys: they come first, before database key id 1.

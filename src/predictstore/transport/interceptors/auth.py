@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from predictstore.domain.auth import ANONYMOUS, SCOPES, Caller, KeyRing, current_caller
-from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
 
 log = logging.getLogger(__name__)
 

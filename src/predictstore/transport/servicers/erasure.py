@@ -10,7 +10,7 @@ import grpc
 from predictstore.domain.validation import check_id
 from predictstore.errors import InvalidArgument
 from predictstore.storage.erasure import FAMILIES, Erased, ErasureStore
-from predictstore.transport import audit
+from predictstore.transport.interceptors import audit
 from predictstore.v1 import admin_service_pb2 as pb
 from predictstore.v1 import prediction_service_pb2 as ppb
 

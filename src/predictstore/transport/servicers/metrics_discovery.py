@@ -26,9 +26,9 @@ from predictstore.storage.metrics_series import (
     SeriesDiscoveryStore,
     SeriesStats,
 )
-from predictstore.transport.convert import to_timestamp
-from predictstore.transport.frames import keyed_frames
-from predictstore.transport.metrics_read import TEXT_LIMIT, series_key
+from predictstore.transport.servicers.metrics_read import TEXT_LIMIT, series_key
+from predictstore.transport.wire.convert import to_timestamp
+from predictstore.transport.wire.frames import keyed_frames
 from predictstore.v1 import metrics_service_pb2 as pb
 
 

@@ -72,7 +72,7 @@ from predictstore.domain.otlp import (
 from predictstore.errors import FieldViolation, InvalidArgument, Overloaded, ResourceExhausted, echo
 from predictstore.settings import MiB, Settings
 from predictstore.storage.metrics_write import BatchPart, encode_rows
-from predictstore.transport.metrics_write import MetricsWriteHandlers
+from predictstore.transport.servicers.metrics_write import MetricsWriteHandlers
 
 SERVICE_NAME_OTLP: str = otlp_pb.DESCRIPTOR.services_by_name["MetricsService"].full_name
 EXPORT_METHOD = f"/{SERVICE_NAME_OTLP}/Export"

@@ -22,8 +22,8 @@ from predictstore.errors import FieldViolation, InvalidArgument, echo
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
 from predictstore.storage.outcomes import OutcomeStore
-from predictstore.transport import audit
-from predictstore.transport.convert import (
+from predictstore.transport.interceptors import audit
+from predictstore.transport.wire.convert import (
     dict_to_struct,
     optional_datetime,
     struct_to_dict,

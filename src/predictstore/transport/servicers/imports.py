@@ -17,8 +17,8 @@ from predictstore.settings import Settings
 from predictstore.storage.database import Database
 from predictstore.storage.import_jobs import ImportJob
 from predictstore.storage.imports import ImportOptions, ImportRunner, estimated_completion
-from predictstore.transport.convert import to_timestamp
-from predictstore.transport.frames import framed
+from predictstore.transport.wire.convert import to_timestamp
+from predictstore.transport.wire.frames import framed
 from predictstore.v1 import admin_service_pb2 as pb
 
 _KINDS = {

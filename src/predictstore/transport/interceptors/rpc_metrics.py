@@ -15,7 +15,7 @@ from opentelemetry import metrics
 
 from predictstore import __version__
 from predictstore.telemetry import METER_NAME
-from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:

@@ -31,8 +31,8 @@ from predictstore.storage.evaluation import (
     drift_values_sql,
     evaluation_scope,
 )
-from predictstore.transport.convert import to_datetime, to_timestamp
-from predictstore.transport.frames import framed
+from predictstore.transport.wire.convert import to_datetime, to_timestamp
+from predictstore.transport.wire.frames import framed
 from predictstore.v1 import evaluation_service_pb2 as pb
 
 TEXT_LIMIT = 256

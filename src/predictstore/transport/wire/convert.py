@@ -9,7 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from predictstore.domain.predictions import Forecast, Prediction, PredictionRow
 from predictstore.errors import FieldViolation, InvalidArgument
-from predictstore.transport.struct_json import NotJson, struct_bytes, struct_json
+from predictstore.transport.wire.struct_json import NotJson, struct_bytes, struct_json
 from predictstore.v1 import prediction_service_pb2 as pb
 
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31, UTC.

@@ -22,14 +22,14 @@ from predictstore.domain.predictions import (
 from predictstore.domain.validation import check_id
 from predictstore.errors import FieldViolation, InvalidArgument, NotFound, echo
 from predictstore.storage.predictions import PredictionStore
-from predictstore.transport.convert import (
+from predictstore.transport.servicers.erasure import ErasureHandlers
+from predictstore.transport.servicers.prediction_batch import BatchWriter
+from predictstore.transport.wire.convert import (
     optional_datetime,
     prediction_from_proto,
     prediction_to_proto,
 )
-from predictstore.transport.erasure import ErasureHandlers
-from predictstore.transport.frames import framed
-from predictstore.transport.prediction_batch import BatchWriter
+from predictstore.transport.wire.frames import framed
 from predictstore.v1 import common_pb2, prediction_service_pb2_grpc
 from predictstore.v1 import prediction_service_pb2 as pb
 

@@ -5,7 +5,7 @@ An AggregateMetrics answer holds thousands of buckets. Building each one as a me
 Python (a Timestamp and six more field sets) was most of the service's own time for
 such an answer; here every field is written for all buckets at once, and the bytes are
 parsed into messages in C. They parse into exactly the messages upb would build field by
-field (tests/unit/test_bucket_wire.py compares them over edge cases).
+field (tests/unit/test_wire_buckets.py compares them over edge cases).
 
 Field numbers, from protos/predictstore/v1/metrics_service.proto:
 AggregateMetricsResponse.buckets = 1. AggregateBucket: bucket_start_time = 1 (Timestamp:

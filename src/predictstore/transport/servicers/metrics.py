@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from predictstore.transport.metrics_discovery import SeriesDiscoveryHandlers
-from predictstore.transport.metrics_read import MetricsReadHandlers
-from predictstore.transport.metrics_write import MetricsWriteHandlers
+from predictstore.transport.servicers.metrics_discovery import SeriesDiscoveryHandlers
+from predictstore.transport.servicers.metrics_read import MetricsReadHandlers
+from predictstore.transport.servicers.metrics_write import MetricsWriteHandlers
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1 import metrics_service_pb2_grpc
 

@@ -1,5 +1,5 @@
-"""EvaluationService: outcomes are written in transport/outcomes.py and evaluations read
-in transport/evaluation_read.py; this class only routes each RPC to its handler."""
+"""EvaluationService: outcomes are written in transport/servicers/outcomes.py and evaluations read
+in transport/servicers/evaluation_read.py; this class only routes each RPC to its handler."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from predictstore.transport.evaluation_read import EvaluationReadHandlers
-from predictstore.transport.outcomes import OutcomeWriteHandlers
+from predictstore.transport.servicers.evaluation_read import EvaluationReadHandlers
+from predictstore.transport.servicers.outcomes import OutcomeWriteHandlers
 from predictstore.v1 import evaluation_service_pb2 as pb
 from predictstore.v1 import evaluation_service_pb2_grpc
 

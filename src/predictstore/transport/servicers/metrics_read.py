@@ -4,7 +4,7 @@ Points go out column-wise: each frame's per-point columns are filled from the cu
 batches with ``extend`` (no message object per point), and each frame names only the
 series it refers to, so any frame stands alone and carries the token to resume after it.
 Buckets come from the store in column form too; numpy encodes them straight to
-protobuf's wire format (transport.bucket_wire), and each frame is parsed once, in C.
+protobuf's wire format (transport.wire.buckets), and each frame is parsed once, in C.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from predictstore.storage.metrics_read import (
     SeriesFilter,
     group_value,
 )
-from predictstore.transport.bucket_wire import encode_buckets
-from predictstore.transport.convert import to_datetime
+from predictstore.transport.wire.buckets import encode_buckets
+from predictstore.transport.wire.convert import to_datetime
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
 
@@ -198,7 +198,7 @@ class PointFrames:
 class BucketFrames:
     """Cuts AggregateMetrics answers into frames of at most ``max_items`` buckets and
     ``max_bytes`` bytes, every frame with the token that resumes right after its last
-    bucket. Buckets are encoded by numpy (transport.bucket_wire), so their exact sizes are
+    bucket. Buckets are encoded by numpy (transport.wire.buckets), so their exact sizes are
     known before any message exists; a frame's bytes are parsed into a message once."""
 
     def __init__(

@@ -16,11 +16,11 @@ from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.maintenance import Maintenance
-from predictstore.transport.admin_keys import ApiKeyHandlers
-from predictstore.transport.convert import optional_datetime, to_timestamp
-from predictstore.transport.erasure import ErasureHandlers
-from predictstore.transport.frames import framed
-from predictstore.transport.imports import ImportHandlers
+from predictstore.transport.servicers.admin_keys import ApiKeyHandlers
+from predictstore.transport.servicers.erasure import ErasureHandlers
+from predictstore.transport.servicers.imports import ImportHandlers
+from predictstore.transport.wire.convert import optional_datetime, to_timestamp
+from predictstore.transport.wire.frames import framed
 from predictstore.v1 import admin_service_pb2 as pb
 from predictstore.v1 import admin_service_pb2_grpc
 

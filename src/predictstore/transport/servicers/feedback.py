@@ -24,8 +24,8 @@ from predictstore.domain.feedback import (
 )
 from predictstore.errors import InvalidArgument, NotFound, echo
 from predictstore.storage.feedback import FeedbackStore, tie_breaker
-from predictstore.transport.convert import optional_datetime, to_timestamp
-from predictstore.transport.frames import framed
+from predictstore.transport.wire.convert import optional_datetime, to_timestamp
+from predictstore.transport.wire.frames import framed
 from predictstore.v1 import feedback_service_pb2 as pb
 from predictstore.v1 import feedback_service_pb2_grpc
 

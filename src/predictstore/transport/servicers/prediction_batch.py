@@ -27,8 +27,8 @@ from predictstore.domain.predictions import (
 )
 from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.storage.predictions import PredictionStore
-from predictstore.transport.convert import prediction_row_from_proto
-from predictstore.transport.prediction_columns import MALFORMED, ColumnItems
+from predictstore.transport.wire.convert import prediction_row_from_proto
+from predictstore.transport.wire.prediction_columns import MALFORMED, ColumnItems
 from predictstore.v1 import prediction_service_pb2 as pb
 
 # Validated items gathered into one COPY: large enough to amortise a COPY's fixed cost,

@@ -32,7 +32,7 @@ from predictstore.errors import (
     Unavailable,
     echo,
 )
-from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""transport.bucket_wire against upb: the numpy-encoded bytes parse into the messages
+"""transport.wire.buckets against upb: the numpy-encoded bytes parse into the messages
 protobuf itself builds field by field, over the edge cases of every field."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from predictstore.storage.metrics_read import BucketBatch
-from predictstore.transport.bucket_wire import encode_buckets
+from predictstore.transport.wire.buckets import encode_buckets
 from predictstore.v1 import metrics_service_pb2 as pb
 
 KEYS = [

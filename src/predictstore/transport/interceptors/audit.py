@@ -23,9 +23,9 @@ from google.protobuf.message import Message
 
 from predictstore.domain.auth import current_caller
 from predictstore.storage.audit import AuditEvent, AuditStore
-from predictstore.transport.auth import required_scope
-from predictstore.transport.errors import status_for
-from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.auth import required_scope
+from predictstore.transport.interceptors.errors import status_for
+from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from predictstore.domain.predictions import (
 )
 from predictstore.domain.validation import check_id, check_text
 from predictstore.errors import FieldViolation
-from predictstore.transport.convert import EPOCH, MAX_SECONDS, MIN_SECONDS
+from predictstore.transport.wire.convert import EPOCH, MAX_SECONDS, MIN_SECONDS
 from predictstore.v1 import prediction_service_pb2 as pb
 
 # Nesting a payload or metadata may have: a Struct of this depth still parses in reads

@@ -15,7 +15,7 @@ import grpc
 
 from predictstore.domain.auth import current_caller
 from predictstore.errors import ResourceExhausted
-from predictstore.transport.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
 
 
 async def _capped(requests: AsyncIterator[Any], limit: int) -> AsyncIterator[Any]:

@@ -1,0 +1,1 @@
+"""Interceptors every call passes through: metrics, errors, auth, limits, audit."""

@@ -1,0 +1,1 @@
+"""Servicers: one module per service, or per RPC family of a large service."""

@@ -1,0 +1,1 @@
+"""Wire codecs: protobuf to domain values and back, frames, Struct JSON, column forms."""
