@@ -33,11 +33,13 @@ from predictstore.v1 import prediction_service_pb2 as pb
 
 # Validated items gathered into one COPY: large enough to amortise a COPY's fixed cost,
 # small enough that writing one group overlaps decoding the next from early on.
-BULK_CHUNK = 5_000
-# Items decoded at a stretch before the COPY in flight gets the event loop back.
-DECODE_SLICE = 500
+BULK_CHUNK = 10_000
+# Items decoded at a stretch before the COPY in flight gets the event loop back: each of
+# its five round trips (BEGIN and now(), two COPYs, the marks, COMMIT) waits up to one
+# slice for the loop, so a slice is kept to a few milliseconds of decoding.
+DECODE_SLICE = 100
 # The same for items in column form, cheaper each.
-COLUMN_SLICE = 1_000
+COLUMN_SLICE = 200
 
 
 class _Group:
