@@ -26,6 +26,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_pb
 
+from predictstore.app import start_server
+from predictstore.client import MetricsWriter
+from predictstore.settings import Settings
+from predictstore.storage.database import Database
 from predictstore.transport.servicers.otlp import SERVICE_NAME_OTLP
 from predictstore.v1 import admin_service_pb2 as apb
 from predictstore.v1 import metrics_service_pb2 as mpb
@@ -418,3 +422,38 @@ async def test_api_keys_made_and_revoked_on_one_server_hold_on_the_other(
         assert ("CreateApiKey", "api_keys/ops") in by_resource
         assert ("RevokeApiKey", "api_keys/writer") in by_resource
         assert ("CreatePrediction", "predictions/by-writer") in by_resource
+
+
+async def test_aged_connections_close_and_the_writer_carries_on_exactly_once(
+    settings: Settings, db: Database
+) -> None:
+    """PREDICTSTORE_MAX_CONNECTION_AGE_S: a long write stream is ended when its
+    connection ages (so a client spreads over replicas that came since); the writer
+    reconnects and resends what was not acknowledged, and nothing is stored twice."""
+    aged = settings.model_copy(
+        update={"max_connection_age_s": 0.5, "max_connection_age_grace_s": 0.2}
+    )
+    running = await start_server(aged, db, listen="127.0.0.1:0")
+    try:
+        writer = MetricsWriter(
+            f"127.0.0.1:{running.port}",
+            flush_points=10,
+            flush_interval_s=0.02,
+            initial_backoff_s=0.01,
+            max_backoff_s=0.05,
+        )
+        written = 0
+        now = time.time()
+        while written < 5_000 and (written < 100 or writer.stats.reconnects < 2):
+            for _ in range(10):
+                await writer.write("aged", float(written), time_s=now - written / 1000)
+                written += 1
+            await asyncio.sleep(0.02)
+        await writer.close(timeout_s=30)
+        assert writer.stats.reconnects >= 2
+        assert writer.stats.accepted_points == written
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            values = sorted(v for _, _, v in await stored_points(channel, "aged"))
+        assert values == [float(i) for i in range(written)]
+    finally:
+        await running.stop(0)
