@@ -386,7 +386,30 @@ async def _stream(messages: list[bytes]) -> AsyncIterator[bytes]:
         yield m
 
 
-async def service(url: str, points: Points, streams: int, workdir: Path) -> tuple[float, CpuUse]:
+async def wal_position(url: str) -> str:
+    """The server's current WAL write position (every database of it writes there)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+    finally:
+        await conn.close()
+
+
+async def wal_bytes_since(url: str, start: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::int8", start
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def service(
+    url: str, points: Points, streams: int, workdir: Path
+) -> tuple[float, CpuUse, int]:
     await reset(url)
     messages = points.messages(f"s{streams}")
     parts = [messages[i::streams] for i in range(streams)]
@@ -394,6 +417,7 @@ async def service(url: str, points: Points, streams: int, workdir: Path) -> tupl
     with server_process(url, workdir) as (target, pid):
         await wait_serving(target)
         meter = CpuMeter(pid, postmaster)
+        wal_start = await wal_position(url)
         meter.start()
         async with grpc.aio.insecure_channel(
             target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
@@ -407,8 +431,10 @@ async def service(url: str, points: Points, streams: int, workdir: Path) -> tupl
             replies = await asyncio.gather(*(write(_stream(part), timeout=3600) for part in parts))
             elapsed = time.perf_counter() - started
         use = meter.stop()
+        wal = await wal_bytes_since(url, wal_start)
     cpu = use.server_s
     log(f"  server CPU {cpu / len(points) * 1e6:.2f} us/point, {cpu / elapsed:.0%} of one core")
+    log(f"  WAL {wal / len(points):.0f} bytes/point")
     if postmaster is not None:
         log(
             f"  PostgreSQL CPU {use.postgres_s / len(points) * 1e6:.2f} us/point, "
@@ -422,7 +448,7 @@ async def service(url: str, points: Points, streams: int, workdir: Path) -> tupl
     finally:
         await conn.close()
     assert stored == len(points), f"{stored} points stored, {len(points)} sent"
-    return len(points) / elapsed, use
+    return len(points) / elapsed, use, wal
 
 
 # -- the run ------------------------------------------------------------------------
@@ -452,9 +478,9 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
         log(f"raw binary COPY, payloads prebuilt (1 connection): {binary:,.0f} points/s")
         per_row = await per_row_insert(url, points)
         log(f"one INSERT per point ({PER_ROW_POINTS:,} points): {per_row:,.0f} points/s")
-        one, one_cpu = await service(url, points, 1, workdir)
+        one, one_cpu, one_wal = await service(url, points, 1, workdir)
         log(f"service, 1 stream of {MESSAGE_POINTS:,}-point messages: {one:,.0f} points/s")
-        four, four_cpu = await service(url, points, 4, workdir)
+        four, four_cpu, _ = await service(url, points, 4, workdir)
         log(f"service, 4 streams of {MESSAGE_POINTS:,}-point messages: {four:,.0f} points/s")
     finally:
         conn = await asyncpg.connect(admin_url)
@@ -479,6 +505,8 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
         # points per CPU-second of the server and of PostgreSQL (all its processes)
         "cpu_1_stream": one_cpu.per_core(count),
         "cpu_4_streams": four_cpu.per_core(count),
+        # WAL the server wrote during the 1-stream run, per point (full-page images included)
+        "wal_bytes_per_point": round(one_wal / count, 1),
     }
 
 
