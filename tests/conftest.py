@@ -33,7 +33,7 @@ from predictstore.v1 import (
     metrics_service_pb2_grpc,
     prediction_service_pb2_grpc,
 )
-from tests.helpers import with_database
+from tests.helpers import server_settings, with_database
 
 TIMESCALE_IMAGE = "timescale/timescaledb:2.29.2-pg17"  # as docker-compose.yml
 # tests fork (pg_ctl, grpcurl) while gRPC threads run; its fork handlers only log about it
@@ -176,13 +176,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for an in-test server; small frames so streaming paths are exercised."""
-    return Settings(
-        _env_file=None,
-        data_dir=tmp_path,
-        frame_max_items=50,
-        health_check_interval_s=0.2,
-        maintenance_interval_s=0,  # tests run maintenance when they mean to
-    )
+    return server_settings(tmp_path, frame_max_items=50)
 
 
 @pytest.fixture

@@ -6,11 +6,22 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from predictstore.settings import Settings
+
+
+def server_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for an in-test server: no env file, health checked every 0.2 s, and no
+    background maintenance (tests that COPY rows behind the service's back would race its
+    rollup refresh; tests run maintenance when they mean to). ``overrides`` on top."""
+    defaults: dict[str, Any] = {"health_check_interval_s": 0.2, "maintenance_interval_s": 0}
+    return Settings(_env_file=None, data_dir=data_dir, **(defaults | overrides))
 
 
 def with_database(url: str, database: str) -> str:

@@ -38,7 +38,7 @@ from predictstore.v1.admin_service_pb2_grpc import AdminServiceStub
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
 from tests.e2e.test_server import run_grpcurl
-from tests.helpers import free_port
+from tests.helpers import free_port, server_settings
 
 ADMIN = "predictstore.v1.AdminService"
 
@@ -46,14 +46,7 @@ ADMIN = "predictstore.v1.AdminService"
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """No background maintenance (RunMaintenance reports what it did); a week more ahead."""
-    return Settings(
-        _env_file=None,
-        data_dir=tmp_path,
-        health_check_interval_s=0.2,
-        maintenance_interval_s=0,
-        partitions_ahead_days=9,
-        metrics_retention_days=20,
-    )
+    return server_settings(tmp_path, partitions_ahead_days=9, metrics_retention_days=20)
 
 
 @pytest.fixture

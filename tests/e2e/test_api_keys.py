@@ -24,7 +24,7 @@ from predictstore.v1 import admin_service_pb2 as pb
 from predictstore.v1 import prediction_service_pb2 as ppb
 from predictstore.v1.admin_service_pb2_grpc import AdminServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
-from tests.helpers import grpcurl
+from tests.helpers import grpcurl, server_settings
 
 REFRESH_S = 0.2
 SETTINGS_KEY = "settings-admin-key-0123456789"
@@ -33,14 +33,8 @@ POLL_LIMIT_S = 30  # the bound is 3 x REFRESH_S; this only stops a broken test
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        _env_file=None,
-        data_dir=tmp_path,
-        frame_max_items=3,  # listings take several frames
-        health_check_interval_s=0.2,
-        maintenance_interval_s=0,
-        api_keys_refresh_interval_s=REFRESH_S,
-    )
+    # small frames: listings take several
+    return server_settings(tmp_path, frame_max_items=3, api_keys_refresh_interval_s=REFRESH_S)
 
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:

@@ -29,6 +29,7 @@ from predictstore.v1.feedback_service_pb2_grpc import FeedbackServiceStub
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
 from tests.e2e.test_server import run_grpcurl
+from tests.helpers import server_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +40,7 @@ BATCH = 3  # rows per erasure transaction: every family takes several
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Tiny erasure batches; no background maintenance or refresh (the tests run them)."""
-    return Settings(
-        _env_file=None,
-        data_dir=tmp_path,
-        health_check_interval_s=0.2,
-        maintenance_interval_s=0,
-        evaluation_refresh_interval_s=0,
-        erasure_batch_rows=BATCH,
-    )
+    return server_settings(tmp_path, evaluation_refresh_interval_s=0, erasure_batch_rows=BATCH)
 
 
 def ts(value: datetime) -> timestamp_pb2.Timestamp:

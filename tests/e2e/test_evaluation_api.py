@@ -28,7 +28,7 @@ from tests import evaluation_reference as ref
 from tests.e2e.test_readme import json_messages
 from tests.e2e.test_server import run_grpcurl
 from tests.evaluation_data import P, add_feedback, dirty_count, record_outcome, store_predictions
-from tests.helpers import field_violations
+from tests.helpers import field_violations, server_settings
 from tests.partitions import make_partitions
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -40,12 +40,9 @@ REL = 1e-9
 def settings(tmp_path: Path) -> Settings:
     """Refresh only when a test asks (RunMaintenance or the store): the tests see both the
     dirty and the refreshed state. Small frames, so streams span several."""
-    return Settings(
-        _env_file=None,
-        data_dir=tmp_path,
+    return server_settings(
+        tmp_path,
         frame_max_items=3,
-        health_check_interval_s=0.2,
-        maintenance_interval_s=0,
         evaluation_refresh_interval_s=0,
         evaluation_max_buckets=1000,
         evaluation_drift_max_rows=50,
@@ -635,13 +632,7 @@ async def test_run_maintenance_refreshes_dirty_cells(
 @pytest.fixture
 async def refreshing(db: Database, tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server whose background refresher runs every 0.1 s."""
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path,
-        health_check_interval_s=0.2,
-        maintenance_interval_s=0,
-        evaluation_refresh_interval_s=0.1,
-    )
+    settings = server_settings(tmp_path, evaluation_refresh_interval_s=0.1)
     running = await start_server(settings, db, listen="127.0.0.1:0")
     yield running
     await running.stop(0)

@@ -30,6 +30,7 @@ from predictstore.v1 import metrics_service_pb2 as mpb
 from predictstore.v1 import prediction_service_pb2 as pb
 from tests.conftest import PostgresServer, _admin
 from tests.e2e.test_export import NOW, seed, window
+from tests.helpers import server_settings
 
 _names = count()
 CHUNK = 40
@@ -44,14 +45,8 @@ def import_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, import_dir: Path) -> Settings:
-    return Settings(
-        _env_file=None,
-        data_dir=tmp_path,
-        frame_max_items=50,
-        health_check_interval_s=0.2,
-        maintenance_interval_s=0,
-        import_dir=import_dir,
-        import_chunk_rows=CHUNK,
+    return server_settings(
+        tmp_path, frame_max_items=50, import_dir=import_dir, import_chunk_rows=CHUNK
     )
 
 

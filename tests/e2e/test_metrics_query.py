@@ -26,7 +26,7 @@ from predictstore.transport.servicers.metrics_read import DEFAULT_AGGREGATIONS, 
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
 from predictstore.v1.metrics_service_pb2_grpc import MetricsServiceStub
-from tests.helpers import field_violations, grpcurl
+from tests.helpers import field_violations, grpcurl, server_settings
 from tests.integration.test_metrics_read import (
     BASE,
     SERIES,
@@ -43,22 +43,17 @@ POLL_ROUNDS = 100  # x 0.1 s
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Small frames, so every stream here spans many of them."""
-    return Settings(
-        _env_file=None,
-        data_dir=tmp_path,
-        frame_max_items=5,
-        metrics_frame_max_points=FRAME_POINTS,
-        health_check_interval_s=0.2,
-    )
+    """Small frames, so every stream here spans many of them. No maintenance: these tests
+    COPY points behind the service's back, so its rollup log does not name their hours,
+    and a refresh at startup racing that COPY would materialise empty hours."""
+    return server_settings(tmp_path, frame_max_items=5, metrics_frame_max_points=FRAME_POINTS)
 
 
 @pytest.fixture
 async def limited(db: Database, tmp_path: Path) -> AsyncIterator[MetricsServiceStub]:
     """A second server on the same database with small per-request caps."""
-    capped = Settings(
-        _env_file=None,
-        data_dir=tmp_path,
+    capped = server_settings(
+        tmp_path,
         metrics_frame_max_points=FRAME_POINTS,
         metrics_query_max_points=1000,
         metrics_query_max_series=4,
@@ -186,7 +181,7 @@ async def test_frames_stay_under_the_byte_cap(db: Database, tmp_path: Path) -> N
     big = [{"metric_name": f"m{i}", "tags": {"blob": str(i) * 900}} for i in range(8)]
     ids = await create_series(db, big)
     await copy_points(db, grid_points(ids, BASE, BASE + HOUR, timedelta(minutes=1)), BASE, BASE)
-    capped = Settings(_env_file=None, data_dir=tmp_path, frame_max_bytes=4096)
+    capped = server_settings(tmp_path, frame_max_bytes=4096)
     running = await start_server(capped, db, listen="127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -609,9 +604,7 @@ async def test_a_million_points_stream_with_flat_server_memory(
                 yield (t, sid, float(second % 977))
 
     await copy_points(db, records(), BASE, end)
-    running = await start_server(
-        Settings(_env_file=None, data_dir=tmp_path), db, listen="127.0.0.1:0"
-    )
+    running = await start_server(server_settings(tmp_path), db, listen="127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = MetricsServiceStub(channel)

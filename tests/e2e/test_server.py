@@ -22,7 +22,7 @@ from predictstore.settings import Settings
 from predictstore.storage.database import Database, PoolSettings
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
-from tests.helpers import grpcurl, retry_delay_s
+from tests.helpers import grpcurl, retry_delay_s, server_settings
 
 SERVICES = {
     "predictstore.v1.PredictionService",
@@ -160,7 +160,7 @@ async def outage_server(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres,
     await asyncio.to_thread(pg.start)
     await asyncio.to_thread(migrate.upgrade, pg.url())
     db = await Database.open(pg.url(), PoolSettings(min_size=1, max_size=3))
-    settings = Settings(_env_file=None, data_dir=tmp_path, health_check_interval_s=0.2)
+    settings = server_settings(tmp_path)
     running = await start_server(settings, db, listen="127.0.0.1:0")
     try:
         yield pg, running
