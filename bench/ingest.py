@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -279,13 +280,90 @@ def server_process(url: str, workdir: Path) -> Iterator[tuple[str, int]]:
             process.wait(30)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3 on), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux), 0 when unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def postmaster_pid(url: str) -> int | None:
+    """The pid of the PostgreSQL server at ``url`` when it runs on this machine and its
+    data directory is readable (a superuser URL); None otherwise."""
+    conn = await asyncpg.connect(url)
+    try:
+        data_directory = await conn.fetchval("SHOW data_directory")
+    except asyncpg.PostgresError:
+        return None
+    finally:
+        await conn.close()
+    try:
+        return int((Path(data_directory) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def postgres_cpu_seconds(postmaster: int | None) -> float:
+    """User + system CPU time of a whole PostgreSQL server: the postmaster, its live
+    children (backends, WAL writer, checkpointer, background workers) and the children
+    that already exited (the postmaster's cutime + cstime). Every database of the server
+    counts: run it on a server nothing else uses. 0 when unknown."""
+    if postmaster is None:
+        return 0.0
+    own = _stat(postmaster)
+    if own is None:
+        return 0.0
+    ticks = sum(int(f) for f in own[11:15])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == postmaster:
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU seconds of the predictstore server and of PostgreSQL during one timed run."""
+
+    server_s: float
+    postgres_s: float
+
+    def per_core(self, items: int) -> dict[str, float]:
+        """Items per CPU-second of each: what one core of each sustains when busy."""
+        return {
+            "server_cpu_s": round(self.server_s, 2),
+            "postgres_cpu_s": round(self.postgres_s, 2),
+            "per_server_core_s": round(items / self.server_s) if self.server_s else 0,
+            "per_postgres_core_s": round(items / self.postgres_s) if self.postgres_s else 0,
+        }
+
+
+class CpuMeter:
+    """Measures CpuUse between ``start`` and ``stop``."""
+
+    def __init__(self, server_pid: int, postmaster: int | None) -> None:
+        self.server_pid, self.postmaster = server_pid, postmaster
+        self._server = self._postgres = 0.0
+
+    def start(self) -> None:
+        self._server = cpu_seconds(self.server_pid)
+        self._postgres = postgres_cpu_seconds(self.postmaster)
+
+    def stop(self) -> CpuUse:
+        return CpuUse(
+            cpu_seconds(self.server_pid) - self._server,
+            postgres_cpu_seconds(self.postmaster) - self._postgres,
+        )
 
 
 async def wait_serving(target: str) -> None:
@@ -308,13 +386,39 @@ async def _stream(messages: list[bytes]) -> AsyncIterator[bytes]:
         yield m
 
 
-async def service(url: str, points: Points, streams: int, workdir: Path) -> float:
+async def wal_position(url: str) -> str:
+    """The server's current WAL write position (every database of it writes there)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+    finally:
+        await conn.close()
+
+
+async def wal_bytes_since(url: str, start: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::int8", start
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def service(
+    url: str, points: Points, streams: int, workdir: Path
+) -> tuple[float, CpuUse, int]:
     await reset(url)
     messages = points.messages(f"s{streams}")
     parts = [messages[i::streams] for i in range(streams)]
+    postmaster = await postmaster_pid(url)
     with server_process(url, workdir) as (target, pid):
         await wait_serving(target)
-        cpu_before = cpu_seconds(pid)
+        meter = CpuMeter(pid, postmaster)
+        wal_start = await wal_position(url)
+        meter.start()
         async with grpc.aio.insecure_channel(
             target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
         ) as channel:
@@ -326,8 +430,16 @@ async def service(url: str, points: Points, streams: int, workdir: Path) -> floa
             started = time.perf_counter()
             replies = await asyncio.gather(*(write(_stream(part), timeout=3600) for part in parts))
             elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(pid) - cpu_before
+        use = meter.stop()
+        wal = await wal_bytes_since(url, wal_start)
+    cpu = use.server_s
     log(f"  server CPU {cpu / len(points) * 1e6:.2f} us/point, {cpu / elapsed:.0%} of one core")
+    log(f"  WAL {wal / len(points):.0f} bytes/point")
+    if postmaster is not None:
+        log(
+            f"  PostgreSQL CPU {use.postgres_s / len(points) * 1e6:.2f} us/point, "
+            f"{use.postgres_s / elapsed:.0%} of one core"
+        )
     accepted = sum(r.accepted_points for r in replies)
     assert accepted == len(points), f"service accepted {accepted} of {len(points)} points"
     conn = await asyncpg.connect(url)
@@ -336,7 +448,7 @@ async def service(url: str, points: Points, streams: int, workdir: Path) -> floa
     finally:
         await conn.close()
     assert stored == len(points), f"{stored} points stored, {len(points)} sent"
-    return len(points) / elapsed
+    return len(points) / elapsed, use, wal
 
 
 # -- the run ------------------------------------------------------------------------
@@ -366,9 +478,9 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
         log(f"raw binary COPY, payloads prebuilt (1 connection): {binary:,.0f} points/s")
         per_row = await per_row_insert(url, points)
         log(f"one INSERT per point ({PER_ROW_POINTS:,} points): {per_row:,.0f} points/s")
-        one = await service(url, points, 1, workdir)
+        one, one_cpu, one_wal = await service(url, points, 1, workdir)
         log(f"service, 1 stream of {MESSAGE_POINTS:,}-point messages: {one:,.0f} points/s")
-        four = await service(url, points, 4, workdir)
+        four, four_cpu, _ = await service(url, points, 4, workdir)
         log(f"service, 4 streams of {MESSAGE_POINTS:,}-point messages: {four:,.0f} points/s")
     finally:
         conn = await asyncpg.connect(admin_url)
@@ -390,6 +502,11 @@ async def bench(admin_url: str, count: int, workdir: Path) -> dict[str, object]:
         "ratio_vs_binary_copy": round(one / binary, 3),
         "per_row_insert_points_per_s": round(per_row),
         "ratio_vs_per_row": round(one / per_row, 1),
+        # points per CPU-second of the server and of PostgreSQL (all its processes)
+        "cpu_1_stream": one_cpu.per_core(count),
+        "cpu_4_streams": four_cpu.per_core(count),
+        # WAL the server wrote during the 1-stream run, per point (full-page images included)
+        "wal_bytes_per_point": round(one_wal / count, 1),
     }
 
 

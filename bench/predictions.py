@@ -53,7 +53,15 @@ import grpc
 from google.protobuf import struct_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import _stream, cpu_seconds, server_process, wait_serving
+from ingest import (
+    CpuMeter,
+    CpuUse,
+    _stream,
+    cpu_seconds,
+    postmaster_pid,
+    server_process,
+    wait_serving,
+)
 from read import bench_database, free_port
 
 from predictstore.client.services import prediction_columns
@@ -185,15 +193,17 @@ def _message(items: list[pb.Prediction], columns: bool) -> pb.BatchCreatePredict
 
 async def service(
     url: str, items: list[pb.Prediction], size: int, workdir: Path, *, columns: bool
-) -> float:
+) -> tuple[float, CpuUse]:
     await reset(url)
     messages = [
         _message(items[i : i + size], columns).SerializeToString()
         for i in range(0, len(items), size)
     ]
+    postmaster = await postmaster_pid(url)
     with server_process(url, workdir) as (target, pid):
         await wait_serving(target)
-        cpu_before = cpu_seconds(pid)
+        meter = CpuMeter(pid, postmaster)
+        meter.start()
         async with grpc.aio.insecure_channel(
             target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
         ) as channel:
@@ -205,14 +215,20 @@ async def service(
             started = time.perf_counter()
             reply = await batch(_stream(messages), timeout=3600)
             elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(pid) - cpu_before
+        use = meter.stop()
+    cpu = use.server_s
     log(f"  server CPU {cpu / len(items) * 1e6:.1f} us/prediction, {cpu / elapsed:.0%} of a core")
+    if postmaster is not None:
+        log(
+            f"  PostgreSQL CPU {use.postgres_s / len(items) * 1e6:.1f} us/prediction, "
+            f"{use.postgres_s / elapsed:.0%} of a core"
+        )
     assert reply.created_count == len(items), (
         f"created {reply.created_count} of {len(items)}: {reply.existing_count} existing, "
         f"{reply.rejected_count} rejected {reply.rejected[:2]}"
     )
     assert await stored(url) == len(items)
-    return len(items) / elapsed
+    return len(items) / elapsed, use
 
 
 # -- unary calls -----------------------------------------------------------------------
@@ -390,18 +406,23 @@ async def unary_figures(
     url: str, stored: int, calls: int, clients: int, in_flight: int, workdir: Path
 ) -> dict[str, dict[str, float]]:
     figures = {}
+    postmaster = await postmaster_pid(url)
     with server_process(url, workdir) as (target, pid):
         await wait_serving(target)
         for method in ("create", f"get:{stored}"):
-            cpu_before = cpu_seconds(pid)
+            meter = CpuMeter(pid, postmaster)
+            meter.start()
             figures[method.split(":")[0]] = result = await unary(
                 target, method, calls, clients, in_flight
             )
-            cpu = (cpu_seconds(pid) - cpu_before) / (calls * clients)
+            use = meter.stop()
+            result.update(use.per_core(calls * clients))
+            cpu = use.server_s / (calls * clients)
             log(
                 f"{method.split(':')[0]}: {result['per_s']:,.0f} calls/s, p50 "
                 f"{result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, server CPU "
-                f"{cpu * 1e6:.0f} us/call"
+                f"{cpu * 1e6:.0f} us/call, PostgreSQL CPU "
+                f"{use.postgres_s / (calls * clients) * 1e6:.0f} us/call"
             )
     with bare_process(url) as (target, pid):
         await wait_bare(target)
@@ -470,10 +491,11 @@ async def bench(
             log(f"raw COPY, {size:,}-row batches: {raw[size]:,.0f} predictions/s")
         rows_only = await raw_copy(db_url, records, SIZES[-1], claim_ids=False)
         log(f"raw COPY into predictions alone, {SIZES[-1]:,}-row batches: {rows_only:,.0f}/s")
+        cpu: dict[int, CpuUse] = {}
         for size in SIZES:
-            rows[size] = await service(db_url, items, size, workdir, columns=False)
+            rows[size], _ = await service(db_url, items, size, workdir, columns=False)
             log(f"BatchCreatePredictions rows, {size:,}-item messages: {rows[size]:,.0f}/s")
-            served[size] = await service(db_url, items, size, workdir, columns=True)
+            served[size], cpu[size] = await service(db_url, items, size, workdir, columns=True)
             log(f"BatchCreatePredictions columns, {size:,}-item messages: {served[size]:,.0f}/s")
         # the table now holds the `count` predictions of the last run
         list_per_s, cursor_per_s = await listing(db_url, count, workdir)
@@ -511,6 +533,10 @@ async def bench(
         "list_per_s": round(list_per_s),
         "raw_cursor_per_s": round(cursor_per_s),
         "ratio_list_vs_cursor": round(list_per_s / cursor_per_s, 3),
+        # predictions (calls) per CPU-second of the server and of PostgreSQL
+        "cpu_batch_columns": cpu[big].per_core(count),
+        "cpu_unary_create": {k: v for k, v in u["create"].items() if "cpu" in k or "core" in k},
+        "cpu_unary_get": {k: v for k, v in u["get"].items() if "cpu" in k or "core" in k},
     }
 
 

@@ -128,6 +128,23 @@ class RunningServer:
             cleanup()
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC options for long-lived client connections: aged connections closed (clients
+    then reconnect and spread over the replicas there are now), client keepalive pings
+    let through at the configured interval (they find dead peers behind balancers)."""
+    ping_ms = round(settings.keepalive_min_client_ping_s * 1000)
+    options = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ping_ms),
+    ]
+    if settings.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", max(1, round(settings.max_connection_age_s * 1000))),
+            ("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
 async def start_server(
     settings: Settings, db: Database, listen: str | None = None
 ) -> RunningServer:
@@ -159,6 +176,7 @@ async def start_server(
             # gRPC sets SO_REUSEPORT by default: a second server on the same port would
             # silently share it (and its callers) instead of failing to start
             ("grpc.so_reuseport", 0),
+            *connection_options(settings),
         ],
     )
     metrics_writer = MetricsWriteHandlers.from_settings(db, settings)

@@ -76,6 +76,25 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="How long open calls get to finish on SIGTERM."
     )
+    max_connection_age_s: float = Field(
+        default=0,
+        ge=0,
+        description="Close each client connection after about this long (0: never), so "
+        "clients reconnect and resolve the address again: replicas added behind a "
+        "load balancer or headless Service then get their share of the calls.",
+    )
+    max_connection_age_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long calls open on a connection past max_connection_age_s may "
+        "still run before they are ended UNAVAILABLE.",
+    )
+    keepalive_min_client_ping_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Clients may send keepalive pings this often, with or without calls "
+        "open; a client pinging more often has its connection closed (too_many_pings).",
+    )
     health_check_interval_s: float = Field(
         default=2.0, gt=0, description="How often health probes the database."
     )

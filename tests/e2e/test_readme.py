@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from predictstore import __version__
 from predictstore.app import RunningServer
 from tests.helpers import grpcurl
 
@@ -158,3 +159,5 @@ async def test_readme_grpcurl_examples_run(server: RunningServer) -> None:
     assert table.startswith("2 ['time', 'metric_name',"), table
     assert listed == f"{pid} churn-gbm"
     assert printed[2] == "2 0 []\n", printed
+    # the client over every replica of a headless Service reached the server
+    assert f"{__version__}\n" in printed, printed

@@ -68,6 +68,16 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
 ON CONFLICT DO NOTHING
 """
 
+# Serialises series creation per metric name across servers, to the end of the
+# transaction: the cap's count and the insert after it see every series another server
+# created before. Keys in one order, so creators of overlapping names never deadlock.
+LOCK_METRIC_NAMES = """
+SELECT count(pg_advisory_xact_lock(k)) FROM (
+    SELECT DISTINCT hashtextextended('predictstore_series:' || n, 0) AS k
+    FROM unnest($1::text[]) AS n ORDER BY 1
+) AS keys
+"""
+
 # Counts the series of some metrics, for the per-metric cardinality cap.
 COUNT_SERIES = """
 SELECT metric_name, count(*) FROM metric_series
@@ -159,8 +169,10 @@ class SeriesResolver:
     """Series key -> series_id, created on first sight, cached in the process.
 
     ``max_series_per_metric`` caps the distinct series of one metric name: a key that
-    would pass it raises ResourceExhausted. Creation is serialised in the process, so
-    the cap holds exactly for one server and approximately across several.
+    would pass it raises ResourceExhausted. Creation is serialised in the process, and
+    per metric name across processes by a transaction advisory lock, so the cap holds
+    exactly however many servers write; a series two servers create at once is one row
+    (its unique key), and both learn its id.
     """
 
     def __init__(self, db: Database, max_series_per_metric: int) -> None:
@@ -193,9 +205,15 @@ class SeriesResolver:
             found = await self._select(conn, keys)
             absent = [k for k in keys if k not in found]
             if absent:
-                await self._check_cap(conn, absent)
-                await conn.execute(INSERT_SERIES, *_columns(absent))
-                found.update(await self._select(conn, absent))
+                async with conn.transaction():
+                    await conn.fetchval(LOCK_METRIC_NAMES, list({k.metric_name for k in absent}))
+                    # another server may have created some while we waited for the lock
+                    found.update(await self._select(conn, absent))
+                    absent = [k for k in absent if k not in found]
+                    if absent:
+                        await self._check_cap(conn, absent)
+                        await conn.execute(INSERT_SERIES, *_columns(absent))
+                        found.update(await self._select(conn, absent))
         if len(self._cache) + len(found) > MAX_CACHED_SERIES:
             self._cache.clear()
         self._cache.update(found)
