@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -25,7 +25,12 @@ from predictstore.domain.auth import current_caller
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.transport.interceptors.auth import required_scope
 from predictstore.transport.interceptors.errors import status_for
-from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import (
+    HandlerInterceptor,
+    StreamBehavior,
+    UnaryBehavior,
+    rewrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +106,7 @@ def _counts(message: Any, into: dict[str, Any]) -> None:
                 into[f.name] = into.get(f.name, 0) + value
 
 
-class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuditInterceptor(HandlerInterceptor):
     def __init__(self, store: AuditStore) -> None:
         self.store = store
         # events lost since the current run of audit failures began (0: audit works)
@@ -143,14 +148,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
             self.lost_events = 0
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not is_mutation(method):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if not is_mutation(method):
             return handler
         client_streams = bool(handler.stream_unary or handler.stream_stream)
 

@@ -10,14 +10,19 @@ naming the scope. With no keys configured, auth is off: every caller may do anyt
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from predictstore.domain.auth import ANONYMOUS, SCOPES, Caller, KeyRing, current_caller
-from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import (
+    HandlerInterceptor,
+    StreamBehavior,
+    UnaryBehavior,
+    rewrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,7 @@ def _certificate_subject(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(HandlerInterceptor):
     """Identifies the caller, enforces the RPC's scope, and exposes the caller to the
     servicers through ``current_caller``."""
 
@@ -147,14 +152,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         current_caller.set(caller)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or self._open(method):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if self._open(method):
             return handler
         scope = required_scope(method)
 

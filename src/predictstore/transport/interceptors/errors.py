@@ -10,7 +10,7 @@ logged once with its traceback and answered INTERNAL with no internals in the me
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -32,7 +32,12 @@ from predictstore.errors import (
     Unavailable,
     echo,
 )
-from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import (
+    HandlerInterceptor,
+    StreamBehavior,
+    UnaryBehavior,
+    rewrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +153,10 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
     await context.abort(code, message, trailing_metadata=tuple(trailers))
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(HandlerInterceptor):
     """Wraps every handler so exceptions become statuses (see the module docstring)."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         client_streams = bool(handler.stream_unary or handler.stream_stream)
 
         def requests(request: Any) -> Any:

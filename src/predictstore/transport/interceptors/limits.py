@@ -8,14 +8,19 @@ usual (a write stream commits what it acknowledged).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from predictstore.domain.auth import current_caller
 from predictstore.errors import ResourceExhausted
-from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import (
+    HandlerInterceptor,
+    StreamBehavior,
+    UnaryBehavior,
+    rewrap,
+)
 
 
 async def _capped(requests: AsyncIterator[Any], limit: int) -> AsyncIterator[Any]:
@@ -47,7 +52,7 @@ def stream_owner(context: grpc.aio.ServicerContext) -> str:
     return f"peer:{context.peer()}"
 
 
-class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class StreamLimitInterceptor(HandlerInterceptor):
     def __init__(self, max_stream_messages: int, max_streams_per_caller: int) -> None:
         self.max_stream_messages = max_stream_messages
         self.max_streams_per_caller = max_streams_per_caller
@@ -69,13 +74,8 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if self.open_streams[caller] <= 0:
             del self.open_streams[caller]
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.unary_unary:
             return handler
         client_streams = bool(handler.stream_unary or handler.stream_stream)
         cap = self.max_stream_messages

@@ -7,7 +7,7 @@ Streams are timed until the last response is sent (or the call ends).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -15,7 +15,12 @@ from opentelemetry import metrics
 
 from predictstore import __version__
 from predictstore.telemetry import METER_NAME
-from predictstore.transport.interceptors.handlers import StreamBehavior, UnaryBehavior, rewrap
+from predictstore.transport.interceptors.handlers import (
+    HandlerInterceptor,
+    StreamBehavior,
+    UnaryBehavior,
+    rewrap,
+)
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
@@ -35,7 +40,7 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str
 Recorder = Callable[[float, grpc.aio.ServicerContext, BaseException | None], None]
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RpcMetricsInterceptor(HandlerInterceptor):
     """Records ``rpc.server.duration`` (ms) for every call."""
 
     def __init__(self) -> None:
@@ -44,16 +49,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             "rpc.server.duration", unit="ms", description="Duration of inbound RPCs"
         )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        service, _, name = method.lstrip("/").rpartition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         record = self._recorder(attributes)
         return rewrap(
             handler,
