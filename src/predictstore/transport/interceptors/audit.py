@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.message import Message
 
 from predictstore.domain.auth import current_caller
-from predictstore.storage.audit import AuditEvent, AuditStore
+from predictstore.storage.audit import AuditEvent, AuditStore, GroupedAuditWriter
 from predictstore.transport.interceptors.auth import required_scope
 from predictstore.transport.interceptors.errors import status_for
 from predictstore.transport.interceptors.handlers import (
@@ -108,7 +108,8 @@ def _counts(message: Any, into: dict[str, Any]) -> None:
 
 class AuditInterceptor(HandlerInterceptor):
     def __init__(self, store: AuditStore) -> None:
-        self.store = store
+        # calls ending together share one write: see GroupedAuditWriter
+        self.writer = GroupedAuditWriter(store)
         # events lost since the current run of audit failures began (0: audit works)
         self.lost_events = 0
 
@@ -125,7 +126,7 @@ class AuditInterceptor(HandlerInterceptor):
             details=details,
         )
         try:
-            await self.store.record(event)
+            await self.writer.record(event)
         except Exception as exc:
             # once per outage, one line: a traceback per call would flood the log exactly
             # when the database is down and every call fails the same way
