@@ -182,6 +182,24 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             start_time=to_timestamp(report.start_time),
             duration=_duration(report.duration_s),
             evaluation_cells_refreshed=report.evaluation_cells_refreshed,
+            archived=[
+                pb.ArchiveFile(
+                    path=a.path,
+                    table_family=a.table_family,
+                    source=a.source,
+                    start_time=to_timestamp(a.start_time),
+                    end_time=to_timestamp(a.end_time),
+                    row_count=a.row_count,
+                    bytes=a.bytes,
+                    sha256=a.sha256,
+                    create_time=to_timestamp(a.create_time) if a.create_time else None,
+                )
+                for a in report.archived
+            ],
+            archive_failures=[
+                pb.ArchiveFailure(table_family=f.table_family, source=f.source, reason=f.reason)
+                for f in report.archive_failures
+            ],
         )
 
     async def ListAuditEvents(
