@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -420,13 +421,23 @@ async def _export(client: Client, args: argparse.Namespace, fmt: str) -> int:
 
         tables = feedback_tables()
     sink = Sink(args.output, fmt, schema)
+    writing: asyncio.Future[None] | None = None
     try:
         async for table, last in tables:
-            # in a thread: pyarrow encodes and compresses without the GIL, while frames
-            # keep arriving
-            await asyncio.to_thread(sink.write, table)
+            # in a thread: pyarrow encodes and compresses without the GIL while the next
+            # frames are received and converted; one write in flight, so tables are
+            # written in order and at most one waits
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(sink.write, table))
             progress.update(sink.rows, last, descending=descending)
+        if writing is not None:
+            await writing
+            writing = None
     finally:
+        if writing is not None:
+            with contextlib.suppress(Exception):
+                await writing
         sink.close()
         progress.done(sink.rows)
     print(f"predictstore: wrote {sink.rows} {kind} rows to {args.output} ({fmt})")
