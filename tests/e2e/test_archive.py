@@ -304,3 +304,31 @@ def test_a_server_with_an_archive_and_no_pyarrow_does_not_start(tmp_path: Path) 
     assert "PREDICTSTORE_ARCHIVE_DIR" in done.stderr
     assert "predictstore[arrow]" in done.stderr
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+async def test_a_failed_prediction_archive_keeps_the_rows_and_their_ids(
+    server: RunningServer, db: Database, archive_dir: Path
+) -> None:
+    await seed_old(server, db)
+    expected = await predictions(server)
+    (archive_dir / "predictions").write_text("in the way")
+    maintenance = Maintenance(db, RETENTION, archive=Archiver(LocalArchive.open(archive_dir)))
+
+    report = await maintenance.run()
+
+    failed = [f for f in report.archive_failures if f.table_family == "predictions"]
+    assert len(failed) == 1
+    assert failed[0].source not in report.partitions_dropped
+    assert await predictions(server) == expected
+    # the ids stay with their rows: outcomes still match, an id cannot be reused
+    assert await db.pool.fetchval("SELECT count(*) FROM prediction_ids") == PREDICTIONS
+    ids = {r.table_name: r.rows_deleted for r in report.rows_deleted}
+    assert ids["prediction_ids"] == 0
+
+    (archive_dir / "predictions").unlink()
+    again = await maintenance.run()
+    assert again.archive_failures == []
+    assert [(a.table_family, a.row_count) for a in again.archived] == [("predictions", PREDICTIONS)]
+    assert failed[0].source in again.partitions_dropped
+    assert await predictions(server) == []
+    assert await db.pool.fetchval("SELECT count(*) FROM prediction_ids") == 0

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -356,17 +356,19 @@ def _stamp(value: datetime) -> str:
 
 async def cursor_rows(
     conn: asyncpg.Connection, name: str, query: str, *args: Any, batch: int = FETCH_ROWS
-) -> AsyncIterator[Sequence[Any]]:
+) -> AsyncGenerator[Sequence[Any], None]:
     """The rows of ``query`` a FETCH at a time through the cursor ``name`` (``conn`` must
     be in a transaction), closed at the end: the caller's DROP of the table read cannot
     run while a cursor of its session still uses it. One name per column layout, as the
-    FETCH statement is prepared once per text."""
+    FETCH statement is prepared once per text.
+
+    Closed early (the file failed), it leaves the cursor to the caller's rollback: no
+    statement runs on ``conn`` after a yield but the next FETCH, so a generator closed
+    late (by the garbage collector) never races the connection's next user."""
     await conn.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {query}", *args)
-    try:
-        while rows := await conn.fetch(f"FETCH {batch} FROM {name}"):
-            yield rows
-    finally:
-        await conn.execute(f"CLOSE {name}")
+    while rows := await conn.fetch(f"FETCH {batch} FROM {name}"):
+        yield rows
+    await conn.execute(f"CLOSE {name}")
 
 
 class Archiver:
@@ -380,7 +382,7 @@ class Archiver:
         conn: asyncpg.Connection,
         family: str,
         source: str,
-        batches: AsyncIterator[Sequence[Any]],
+        batches: AsyncGenerator[Sequence[Any], None],
         name: str,
         start: datetime | None,
         end: datetime,
@@ -402,10 +404,15 @@ class Archiver:
         except asyncpg.PostgresError:
             if file is not None:
                 await loop_thread(file.abort)
+            with contextlib.suppress(Exception):
+                await batches.aclose()
             raise
         except BaseException as exc:
             if file is not None:
                 file.abort()
+            # closed now, not whenever the garbage collector gets to it
+            with contextlib.suppress(Exception):
+                await batches.aclose()
             if isinstance(exc, ArchiveError):
                 raise
             if isinstance(exc, Exception):

@@ -10,11 +10,12 @@ step either done or not started, and the next run picks up where this one stoppe
 With an archive (PREDICTSTORE_ARCHIVE_DIR), what retention removes is written to Parquet
 first: a metric partition or chunk in the transaction that drops it, under a SHARE lock
 (writes wait, reads go on) so the file holds exactly what is dropped; a prediction
-partition or chunk just before its detach or drop; expired feedback in the transaction
-that deletes it. A file that cannot be written rolls its step back: the partition stays,
-the rows stay, the failure is in the report and the log, and the next run tries again.
-In TimescaleDB mode the metrics retention policy is then not used (its job would drop
-chunks unarchived): maintenance drops the expired chunks itself, one at a time.
+partition or chunk before any of its ids is deleted (then it is detached or dropped);
+expired feedback in the transaction that deletes it. A file that cannot be written
+rolls its step back: the partition stays, the rows stay, the failure is in the report
+and the log, and the next run tries again. In TimescaleDB mode the metrics retention
+policy is then not used (its job would drop chunks unarchived): maintenance drops the
+expired chunks itself, one at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -530,6 +531,62 @@ class Maintenance:
             },
         )
 
+    async def _archive_chunk(
+        self,
+        conn: asyncpg.Connection,
+        report: MaintenanceReport,
+        hypertable: str,
+        family: str,
+        chunk: asyncpg.Record,
+        *,
+        drop: bool,
+    ) -> bool:
+        """TimescaleDB with an archive: one chunk (a SELECT_CHUNKS_BEFORE row) archived
+        in its own transaction under a SHARE lock, and dropped in it when ``drop``; False
+        when it is busy or its archive fails (it stays for the next run)."""
+        assert self.archive is not None
+        schema, name, start, end = chunk
+        relation = f"{_quote_ident(schema)}.{_quote_ident(name)}"
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                await conn.execute(LOCK_FOR_ARCHIVE.format(relation))
+                # through the hypertable: a compressed chunk reads decompressed
+                archived = await self.archive.range(
+                    conn, family, name, _quote_ident(hypertable), start, end
+                )
+                if drop:
+                    await conn.fetch(DROP_ONE_CHUNK, hypertable, end, start)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "chunk busy, archived and dropped next run",
+                extra={"action": "partition_drop_deferred", "partition": name},
+            )
+            return False
+        except ArchiveError as exc:
+            self._archive_failed(report, family, name, exc)
+            return False
+        if archived is not None:
+            report.archived.append(archived)
+        return True
+
+    async def _drop_chunk(
+        self, conn: asyncpg.Connection, hypertable: str, chunk: asyncpg.Record
+    ) -> bool:
+        """TimescaleDB: one chunk (a SELECT_CHUNKS_BEFORE row) dropped; False when busy."""
+        _schema, name, start, end = chunk
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                await conn.fetch(DROP_ONE_CHUNK, hypertable, end, start)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "chunk busy, dropped next run",
+                extra={"action": "partition_drop_deferred", "partition": name},
+            )
+            return False
+        return True
+
     async def _drop_chunks_archived(
         self,
         conn: asyncpg.Connection,
@@ -541,30 +598,36 @@ class Maintenance:
         """TimescaleDB with an archive: each chunk of ``hypertable`` wholly before
         ``bound`` archived and dropped in one transaction, oldest first; a chunk that is
         busy or whose archive fails stays for the next run."""
+        for chunk in await conn.fetch(SELECT_CHUNKS_BEFORE, hypertable, bound):
+            if await self._archive_chunk(conn, report, hypertable, family, chunk, drop=True):
+                report.partitions_dropped.append(chunk[1])
+
+    async def _archive_expired_predictions(
+        self, conn: asyncpg.Connection, report: MaintenanceReport, cutoff: datetime
+    ) -> tuple[datetime, set[str]]:
+        """With an archive: the prediction partitions or chunks wholly before ``cutoff``
+        written to files, oldest first, before any of their ids is deleted. It stops at
+        the first one that cannot be archived and returns its start as the cutoff for the
+        ids (so it and every later one keep their ids and their rows), or ``cutoff``;
+        and the names archived. One archived whose ids a run does not finish deleting is
+        archived again (the same file) by the next run."""
         assert self.archive is not None
-        for schema, chunk, start, end in await conn.fetch(SELECT_CHUNKS_BEFORE, hypertable, bound):
-            relation = f"{_quote_ident(schema)}.{_quote_ident(chunk)}"
-            try:
-                async with conn.transaction():
-                    await conn.execute(SET_LOCK_TIMEOUT)
-                    await conn.execute(LOCK_FOR_ARCHIVE.format(relation))
-                    # through the hypertable: a compressed chunk reads decompressed
-                    archived = await self.archive.range(
-                        conn, family, chunk, _quote_ident(hypertable), start, end
-                    )
-                    await conn.fetch(DROP_ONE_CHUNK, hypertable, end, start)
-            except asyncpg.LockNotAvailableError:
-                log.warning(
-                    "chunk busy, dropped next run",
-                    extra={"action": "partition_drop_deferred", "partition": chunk},
-                )
-                continue
-            except ArchiveError as exc:
-                self._archive_failed(report, family, chunk, exc)
-                continue
-            if archived is not None:
-                report.archived.append(archived)
-            report.partitions_dropped.append(chunk)
+        archived: set[str] = set()
+        if self.db.mode == "timescaledb":
+            for chunk in await conn.fetch(SELECT_CHUNKS_BEFORE, "predictions", cutoff):
+                if not await self._archive_chunk(
+                    conn, report, "predictions", "predictions", chunk, drop=False
+                ):
+                    start: datetime = chunk[2]
+                    return start, archived
+                archived.add(chunk[1])
+            return cutoff, archived
+        for name, _pending in await conn.fetch(SELECT_DROPPABLE_PREDICTION_PARTITIONS, cutoff):
+            if not await self._archive_before_drop(conn, report, name):
+                start, _end = await conn.fetchrow(SELECT_PARTITION_RANGE, name)
+                return start, archived
+            archived.add(name)
+        return cutoff, archived
 
     async def _archive_metric_chunks(
         self, conn: asyncpg.Connection, report: MaintenanceReport
@@ -585,7 +648,7 @@ class Maintenance:
         deleted = 0
         complete = False
 
-        async def batches() -> AsyncIterator[list[asyncpg.Record]]:
+        async def batches() -> AsyncGenerator[list[asyncpg.Record], None]:
             nonlocal deleted, complete
             for _ in range(self.policy.max_batches):
                 rows = await conn.fetch(
@@ -649,12 +712,17 @@ class Maintenance:
         timescale = self.db.mode == "timescaledb"
         cutoff_sql = SELECT_PREDICTION_CUTOFF_TIMESCALEDB if timescale else SELECT_PREDICTION_CUTOFF
         cutoff: datetime = await conn.fetchval(cutoff_sql, days)
+        # with an archive, ids go only up to the first partition or chunk not archived
+        ids_before, archived = cutoff, None
+        if self.archive is not None:
+            ids_before, archived = await self._archive_expired_predictions(conn, report, cutoff)
         report.rows_deleted.append(
-            await self._delete_rows(conn, "prediction_ids", DELETE_OLD_PREDICTION_IDS, cutoff)
+            await self._delete_rows(conn, "prediction_ids", DELETE_OLD_PREDICTION_IDS, ids_before)
         )
         oldest: datetime | None = await conn.fetchval(SELECT_OLDEST_PREDICTION_ID)
-        bound = cutoff if oldest is None else min(cutoff, oldest)
+        bound = ids_before if oldest is None else min(ids_before, oldest)
         if not timescale:
+            # detached ones lost their ids when they were detached: archived (again) first
             for row in await conn.fetch(SELECT_DETACHED_PREDICTION_PARTITIONS):
                 if await self._archive_before_drop(
                     conn, report, row[0]
@@ -662,14 +730,16 @@ class Maintenance:
                     report.partitions_dropped.append(row[0])
             for name, pending in await conn.fetch(SELECT_DROPPABLE_PREDICTION_PARTITIONS, bound):
                 if (
-                    await self._archive_before_drop(conn, report, name)
+                    (archived is None or name in archived)
                     and await self._detach_partition(conn, name, pending)
                     and await self._drop_partition(conn, name, report)
                 ):
                     report.partitions_dropped.append(name)
             return cutoff
-        if self.archive is not None:
-            await self._drop_chunks_archived(conn, report, "predictions", "predictions", bound)
+        if archived is not None:
+            for chunk in await conn.fetch(SELECT_CHUNKS_BEFORE, "predictions", bound):
+                if chunk[1] in archived and await self._drop_chunk(conn, "predictions", chunk):
+                    report.partitions_dropped.append(chunk[1])
             return cutoff
         try:
             async with conn.transaction():
