@@ -269,6 +269,22 @@ async def test_run_maintenance_reports_archives_and_failures(
         assert metrics_file.source in reply.partitions_dropped
         assert metrics_file.HasField("create_time")
         assert await db.pool.fetchval("SELECT count(*) FROM feedback") == 12
+
+        # the archives table through ListArchives, newest first, and resumable
+        async with Client(target(running)) as client:
+            frames = [f async for f in client.admin.archives(apb.ListArchivesRequest())]
+            listed = [a for f in frames for a in f.archives]
+            assert sorted(listed, key=lambda a: a.archive_id, reverse=True) == listed
+            assert sorted(listed, key=lambda a: a.path) == sorted(
+                reply.archived, key=lambda a: a.path
+            )
+            after = [
+                f
+                async for f in client.admin.archives(
+                    apb.ListArchivesRequest(resume_token=frames[-1].resume_token)
+                )
+            ]
+            assert after == []
     finally:
         await running.stop(0)
 

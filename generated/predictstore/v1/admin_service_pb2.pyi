@@ -268,7 +268,7 @@ class RunMaintenanceResponse(_message.Message):
     def __init__(self, ran: _Optional[bool] = ..., partitions_created: _Optional[_Iterable[str]] = ..., partitions_dropped: _Optional[_Iterable[str]] = ..., rows_deleted: _Optional[_Iterable[_Union[RowsDeleted, _Mapping]]] = ..., policies_changed: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., evaluation_cells_refreshed: _Optional[int] = ..., archived: _Optional[_Iterable[_Union[ArchiveFile, _Mapping]]] = ..., archive_failures: _Optional[_Iterable[_Union[ArchiveFailure, _Mapping]]] = ...) -> None: ...
 
 class ArchiveFile(_message.Message):
-    __slots__ = ("path", "table_family", "source", "start_time", "end_time", "row_count", "bytes", "sha256", "create_time")
+    __slots__ = ("path", "table_family", "source", "start_time", "end_time", "row_count", "bytes", "sha256", "create_time", "archive_id")
     PATH_FIELD_NUMBER: _ClassVar[int]
     TABLE_FAMILY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class ArchiveFile(_message.Message):
     BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
     path: str
     table_family: str
     source: str
@@ -287,7 +288,22 @@ class ArchiveFile(_message.Message):
     bytes: int
     sha256: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, path: _Optional[str] = ..., table_family: _Optional[str] = ..., source: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., row_count: _Optional[int] = ..., bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    archive_id: int
+    def __init__(self, path: _Optional[str] = ..., table_family: _Optional[str] = ..., source: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., row_count: _Optional[int] = ..., bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archive_id: _Optional[int] = ...) -> None: ...
+
+class ListArchivesRequest(_message.Message):
+    __slots__ = ("resume_token",)
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    resume_token: str
+    def __init__(self, resume_token: _Optional[str] = ...) -> None: ...
+
+class ListArchivesResponse(_message.Message):
+    __slots__ = ("archives", "resume_token")
+    ARCHIVES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    archives: _containers.RepeatedCompositeFieldContainer[ArchiveFile]
+    resume_token: str
+    def __init__(self, archives: _Optional[_Iterable[_Union[ArchiveFile, _Mapping]]] = ..., resume_token: _Optional[str] = ...) -> None: ...
 
 class ArchiveFailure(_message.Message):
     __slots__ = ("table_family", "source", "reason")

@@ -380,6 +380,11 @@ class Admin:
     ) -> AsyncIterator[admin_pb.ListAuditEventsResponse]:
         return self._calls.server_stream(self._stub.ListAuditEvents, request)
 
+    def archives(
+        self, request: admin_pb.ListArchivesRequest
+    ) -> AsyncIterator[admin_pb.ListArchivesResponse]:
+        return self._calls.server_stream(self._stub.ListArchives, request)
+
     async def start_import(
         self, request: admin_pb.StartImportRequest
     ) -> admin_pb.StartImportResponse:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Protocol
 import asyncpg
 
 from predictstore.errors import PredictstoreError
+from predictstore.storage.database import Database, translate_errors
 
 FAMILIES = ("metrics", "predictions", "feedback")
 ARROW_MISSING = "needs pyarrow: pip install 'predictstore[arrow]' (the 'arrow' extra)"
@@ -71,14 +72,16 @@ SET table_family = EXCLUDED.table_family, source = EXCLUDED.source,
     start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
     row_count = EXCLUDED.row_count, bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256,
     create_time = now()
-RETURNING create_time
+RETURNING create_time, archive_id
 """
 
-# The archive files, newest first.
+# The archive files recorded before archive id $1 (NULL: all), newest first.
 SELECT_ARCHIVES = """
 SELECT path, table_family, source, start_time, end_time, row_count, bytes, sha256,
-       create_time
-FROM archives ORDER BY create_time DESC, archive_id DESC LIMIT $1
+       create_time, archive_id
+FROM archives
+WHERE $1::bigint IS NULL OR archive_id < $1
+ORDER BY archive_id DESC
 """
 
 
@@ -110,6 +113,7 @@ class Archived:
     bytes: int
     sha256: str
     create_time: datetime | None = None
+    archive_id: int | None = None
 
 
 class PendingFile(Protocol):
@@ -424,7 +428,7 @@ class Archiver:
         archived = Archived(
             stored.location, family, source, first, end, file.rows, stored.bytes, stored.sha256
         )
-        created = await conn.fetchval(
+        created, archive_id = await conn.fetchrow(
             RECORD_ARCHIVE,
             archived.path,
             family,
@@ -435,7 +439,7 @@ class Archiver:
             archived.bytes,
             archived.sha256,
         )
-        return dataclasses.replace(archived, create_time=created)
+        return dataclasses.replace(archived, create_time=created, archive_id=archive_id)
 
     def _create(self, family: str, name: str) -> _ParquetFile:
         try:
@@ -466,6 +470,14 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def list_archives(conn: asyncpg.Connection, limit: int) -> list[Archived]:
-    """The archive files recorded, newest first, at most ``limit``."""
-    return [Archived(*row) for row in await conn.fetch(SELECT_ARCHIVES, limit)]
+async def stream_archives(
+    db: Database, before_id: int | None, fetch_size: int
+) -> AsyncIterator[list[Archived]]:
+    """The archive files recorded with ids below ``before_id`` (None: all), newest
+    first, a cursor fetch at a time. Readable without an archive configured (empty, or
+    what an earlier configuration wrote)."""
+    async with db.connection() as conn, conn.transaction(readonly=True):
+        with translate_errors():
+            cursor = await conn.cursor(SELECT_ARCHIVES, before_id)
+            while rows := await cursor.fetch(fetch_size):
+                yield [Archived(*row) for row in rows]
