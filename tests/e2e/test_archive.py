@@ -348,3 +348,19 @@ async def test_a_failed_prediction_archive_keeps_the_rows_and_their_ids(
     assert failed[0].source in again.partitions_dropped
     assert await predictions(server) == []
     assert await db.pool.fetchval("SELECT count(*) FROM prediction_ids") == 0
+
+
+async def test_a_partition_larger_than_a_row_group_is_written_a_group_at_a_time(
+    server: RunningServer, db: Database, archive_dir: Path
+) -> None:
+    await seed_old(server, db)
+    expected = await points(server)
+    small = Archiver(LocalArchive.open(archive_dir), fetch_rows=64, row_group_rows=128)
+
+    report = await Maintenance(db, RETENTION, archive=small).run()
+
+    (metrics_file,) = [a for a in report.archived if a.table_family == "metrics"]
+    parquet = pq.ParquetFile(metrics_file.path)
+    groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    assert groups == [128, 128, POINTS - 256]
+    assert sorted(parquet.read().to_pylist(), key=_point_key) == expected

@@ -299,10 +299,13 @@ def _table(schema: Any, rows: Sequence[Sequence[Any]]) -> Any:
 class _ParquetFile:
     """One archive file being written, a row group at a time (blocking: run in a thread)."""
 
-    def __init__(self, pending: PendingFile, schema: Any, time_column: str) -> None:
+    def __init__(
+        self, pending: PendingFile, schema: Any, time_column: str, row_group_rows: int
+    ) -> None:
         import pyarrow.parquet as pq
 
         self.pending, self.schema, self.time_column = pending, schema, time_column
+        self.row_group_rows = row_group_rows
         self.writer = pq.ParquetWriter(pending.sink, schema, compression="zstd")
         self.rows = 0
         self.first: datetime | None = None
@@ -322,15 +325,20 @@ class _ParquetFile:
         self.rows += table.num_rows
         self._held.append(table)
         self._held_rows += table.num_rows
-        if self._held_rows >= ROW_GROUP_ROWS:
-            self._flush()
+        while self._held_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
 
-    def _flush(self) -> None:
+    def _flush(self, rows: int | None = None) -> None:
+        """The first ``rows`` held (all: None) out as one row group; the rest held."""
         import pyarrow as pa
 
-        if self._held:
-            self.writer.write_table(pa.concat_tables(self._held), row_group_size=ROW_GROUP_ROWS)
-            self._held, self._held_rows = [], 0
+        if not self._held:
+            return
+        held = pa.concat_tables(self._held)
+        group = held if rows is None else held.slice(0, rows)
+        self.writer.write_table(group, row_group_size=max(group.num_rows, 1))
+        rest = held.slice(group.num_rows)
+        self._held, self._held_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
     def abort(self) -> None:
         """No file: the writer closed (into the temporary file), and that removed."""
@@ -378,8 +386,17 @@ async def cursor_rows(
 class Archiver:
     """Writes rows of one family to one archive file and records the file."""
 
-    def __init__(self, target: ArchiveTarget) -> None:
+    def __init__(
+        self,
+        target: ArchiveTarget,
+        *,
+        fetch_rows: int = FETCH_ROWS,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ) -> None:
         self.target = target
+        # the memory bound: a fetch converted at a time, a row group held at most
+        self.fetch_rows = fetch_rows
+        self.row_group_rows = row_group_rows
 
     async def write(
         self,
@@ -443,7 +460,12 @@ class Archiver:
 
     def _create(self, family: str, name: str) -> _ParquetFile:
         try:
-            return _ParquetFile(self.target.create(name), _schemas()[family], _TIME_COLUMN[family])
+            return _ParquetFile(
+                self.target.create(name),
+                _schemas()[family],
+                _TIME_COLUMN[family],
+                self.row_group_rows,
+            )
         except Exception as exc:
             raise ArchiveError(f"cannot create {name}: {_reason(exc)}") from exc
 
@@ -458,7 +480,9 @@ class Archiver:
     ) -> Archived | None:
         """The rows of ``relation`` (a quoted name) in [start, end), streamed by cursor."""
         query = (METRIC_ROWS if family == "metrics" else PREDICTION_ROWS).format(relation)
-        rows = cursor_rows(conn, f"predictstore_archive_{family}", query, start, end)
+        rows = cursor_rows(
+            conn, f"predictstore_archive_{family}", query, start, end, batch=self.fetch_rows
+        )
         return await self.write(
             conn, family, source, rows, file_name(family, start, end), start, end
         )
