@@ -4,6 +4,8 @@ same points as protobuf's parse; any other wire form falls back to the parse."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from google.protobuf.message import DecodeError
 
 from predictstore.client.arrow import PointFrames
 from predictstore.client.raw_frames import RawQueryMetricsResponse, decode
@@ -40,3 +42,30 @@ def test_an_empty_frame_and_other_wire_forms() -> None:
     # an unpacked times field (a legal encoding another encoder may send) is parsed
     wire = frame(2, 3).SerializeToString() + b"\x08\x01"  # plus an unknown varint field
     assert list(decode(wire).columns.values) == [0.0, 1 / 3, 2 / 3]
+
+
+def test_a_column_split_in_two_packed_runs_and_a_broken_frame() -> None:
+    wire = frame(3, 10).SerializeToString()
+    # the times again as a second packed run inside columns: the parse concatenates
+    extra = mpb.PointColumns(
+        series_indexes=[0], time_unix_micros=[5], values=[9.5]
+    ).SerializeToString()
+    columns = mpb.QueryMetricsResponse.FromString(wire).columns.SerializeToString() + extra
+    inner = b"\x0a" + _length(len(columns)) + columns
+    decoded = decode(inner)
+    parsed = mpb.QueryMetricsResponse.FromString(inner)
+    assert list(decoded.columns.time_unix_micros) == list(parsed.columns.time_unix_micros)
+    assert list(decoded.columns.values) == list(parsed.columns.values)
+    assert len(decoded.columns.values) == 11
+    # a truncated frame is a parse error, as protobuf says
+    with pytest.raises(DecodeError):
+        decode(wire[:-3])
+
+
+def _length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 _FIELD = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "predictstore.client.raw"
@@ -52,6 +53,46 @@ def _message_class() -> Any:
 RawQueryMetricsResponse: Any = _message_class()
 
 
+def _packed_class() -> Any:
+    """The same frame with every column field as repeated bytes: a packed column is one
+    length-delimited field on the wire, like bytes, so protobuf's C parser hands each
+    column over as its packed bytes (NumPy reads them in place) and each series key as
+    bytes, with no Python loop over the keys. A field in another wire form (unpacked)
+    does not match and becomes an unknown field, which :func:`decode` detects."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="predictstore/client/packed_frames.proto", package=_PACKAGE, syntax="proto3"
+    )
+    columns = file.message_type.add(name="PackedPointColumns")
+    for name, number in (
+        ("series", 1),
+        ("series_indexes", 2),
+        ("time_unix_micros", 3),
+        ("values", 4),
+    ):
+        columns.field.add(
+            name=name, number=number, type=_FIELD.TYPE_BYTES, label=_FIELD.LABEL_REPEATED
+        )
+    response = file.message_type.add(name="PackedQueryMetricsResponse")
+    response.field.add(
+        name="columns",
+        number=1,
+        type=_FIELD.TYPE_MESSAGE,
+        label=_FIELD.LABEL_OPTIONAL,
+        type_name=f".{_PACKAGE}.PackedPointColumns",
+    )
+    response.field.add(
+        name="resume_token", number=2, type=_FIELD.TYPE_STRING, label=_FIELD.LABEL_OPTIONAL
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"{_PACKAGE}.PackedQueryMetricsResponse")
+    )
+
+
+_PackedQueryMetricsResponse: Any = _packed_class()
+
+
 class RawColumns:
     """A frame's columns as NumPy arrays over its wire bytes (see :func:`decode`)."""
 
@@ -70,19 +111,6 @@ class RawFrame:
     def __init__(self, columns: RawColumns, resume_token: str) -> None:
         self.columns = columns
         self.resume_token = resume_token
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
 
 
 def _varints(payload: memoryview) -> Any:
@@ -110,59 +138,23 @@ def _varints(payload: memoryview) -> Any:
 def decode(data: bytes) -> Any:
     """A QueryMetrics frame with its columns as NumPy arrays straight from the packed
     wire bytes (times and values are fixed-width: no conversion at all), series keys
-    as bytes. A frame in any other wire form (unpacked, repeated or unknown fields, as
-    a different encoder may send) is parsed by protobuf as RawQueryMetricsResponse."""
+    as bytes, all split by protobuf's C parser. A frame in any other wire form
+    (unpacked, unknown fields, a non-minimal encoding, as a different encoder may send)
+    is parsed by protobuf as RawQueryMetricsResponse."""
     import numpy as np
 
     try:
-        view = memoryview(data)
-        at, end = 0, len(data)
-        token = ""
-        series: list[bytes] = []
-        indexes: Any = np.zeros(0, dtype=np.uint32)
-        times: Any = np.zeros(0, dtype="<i8")
-        values: Any = np.zeros(0, dtype="<f8")
-        seen: set[int] = set()
-        while at < end:
-            tag, at = _varint(data, at)
-            if tag & 7 != 2:
-                raise ValueError("not length-delimited")
-            size, at = _varint(data, at)
-            stop = at + size
-            if stop > end:
-                raise ValueError("truncated")
-            if tag >> 3 == 2:
-                token = bytes(view[at:stop]).decode()
-            elif tag >> 3 == 1:
-                inner = at
-                while inner < stop:
-                    field, inner = _varint(data, inner)
-                    if field & 7 != 2:
-                        raise ValueError("not packed")
-                    length, inner = _varint(data, inner)
-                    upto = inner + length
-                    if upto > stop:
-                        raise ValueError("truncated")
-                    number = field >> 3
-                    if number == 1:
-                        series.append(bytes(view[inner:upto]))
-                    elif number in seen or number not in (2, 3, 4):
-                        raise ValueError("not the one packed form")
-                    else:
-                        seen.add(number)
-                        chunk = view[inner:upto]
-                        if number == 2:
-                            indexes = _varints(chunk)
-                        elif number == 3:
-                            times = np.frombuffer(chunk, dtype="<i8")
-                        else:
-                            values = np.frombuffer(chunk, dtype="<f8")
-                    inner = upto
-            else:
-                raise ValueError("unknown field")
-            at = stop
+        packed = _PackedQueryMetricsResponse.FromString(data)
+        # a field in another wire form was kept as unknown: dropped, the size shrinks
+        packed.DiscardUnknownFields()
+        if packed.ByteSize() != len(data):
+            raise ValueError("not the one packed form")
+        columns = packed.columns
+        indexes = _varints(memoryview(b"".join(columns.series_indexes)))
+        times = np.frombuffer(b"".join(columns.time_unix_micros), dtype="<i8")
+        values = np.frombuffer(b"".join(columns.values), dtype="<f8")
         if not (len(indexes) == len(times) == len(values)):
             raise ValueError("columns of different lengths")
-    except (ValueError, IndexError, UnicodeDecodeError):
+    except (ValueError, DecodeError):
         return RawQueryMetricsResponse.FromString(data)
-    return RawFrame(RawColumns(series, indexes, times, values), token)
+    return RawFrame(RawColumns(list(columns.series), indexes, times, values), packed.resume_token)
