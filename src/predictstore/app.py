@@ -24,6 +24,7 @@ from predictstore.embedded import EmbeddedPostgres, data_dir_lock
 from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
 from predictstore.storage.api_keys import ApiKeyStore, KeyRefresher
+from predictstore.storage.archive import Archiver, ArchiveUnavailable, LocalArchive
 from predictstore.storage.audit import AuditStore
 from predictstore.storage.database import Database, PoolSettings
 from predictstore.storage.erasure import ErasureStore
@@ -153,6 +154,7 @@ async def start_server(
     policy = auth_policy(settings)
     check_exposure(settings, address, policy)
     credentials = server_credentials(settings)
+    archive = archiver(settings)
     audit = AuditStore(db)
     # database keys are in the ring before the first call: a restart never serves with
     # auth off (they do not count for check_exposure, which settings alone must satisfy)
@@ -246,6 +248,7 @@ async def start_server(
         db,
         lifecycle_policy(settings),
         evaluation_batch_cells=settings.evaluation_refresh_batch_cells,
+        archive=archive,
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
@@ -337,6 +340,17 @@ def check_can_listen(address: str) -> None:
         raise _cannot_listen(address, failures[0].strerror or str(failures[0]))
 
 
+def archiver(settings: Settings) -> Archiver | None:
+    """The archive retention writes to, if PREDICTSTORE_ARCHIVE_DIR is set; a server
+    whose archive cannot work refuses to start rather than drop data unarchived."""
+    if settings.archive_dir is None:
+        return None
+    try:
+        return Archiver(LocalArchive.open(settings.archive_dir))
+    except ArchiveUnavailable as exc:
+        raise ConfigurationError(f"PREDICTSTORE_ARCHIVE_DIR: {exc}") from None
+
+
 def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
     return LifecyclePolicy(
         metrics_retention_days=settings.metrics_retention_days,
@@ -383,6 +397,7 @@ async def serve(settings: Settings) -> None:
     # configuration mistakes surface before anything starts
     check_exposure(settings, settings.listen, auth_policy(settings))
     server_credentials(settings)
+    archiver(settings)
     check_can_listen(settings.listen)
     if settings.database_url is not None:
         await _serve(settings)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -151,7 +152,7 @@ class Sink:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self._parquet = pq.ParquetWriter(path, schema)
+            self._parquet = pq.ParquetWriter(path, schema, use_dictionary=_dictionary(schema))
         elif fmt == "csv":
             import pyarrow.csv as pcsv
 
@@ -192,6 +193,21 @@ class Sink:
             self._csv.close()
         elif self._text is not None:
             self._text.close()
+
+
+def _dictionary(schema: pa.Schema) -> list[str]:
+    """The Parquet columns worth a dictionary: text (names, ids, tags repeat from row to
+    row). Times and values are nearly all distinct: hashing them only to give the
+    dictionary up at its size limit costs a third of the write."""
+    import pyarrow as pa
+
+    names: list[str] = []
+    for field in schema:
+        if pa.types.is_string(field.type):
+            names.append(field.name)
+        elif pa.types.is_map(field.type):
+            names += [f"{field.name}.key_value.key", f"{field.name}.key_value.value"]
+    return names
 
 
 def _flat_schema(schema: pa.Schema) -> pa.Schema:
@@ -420,13 +436,23 @@ async def _export(client: Client, args: argparse.Namespace, fmt: str) -> int:
 
         tables = feedback_tables()
     sink = Sink(args.output, fmt, schema)
+    writing: asyncio.Future[None] | None = None
     try:
         async for table, last in tables:
-            # in a thread: pyarrow encodes and compresses without the GIL, while frames
-            # keep arriving
-            await asyncio.to_thread(sink.write, table)
+            # in a thread: pyarrow encodes and compresses without the GIL while the next
+            # frames are received and converted; one write in flight, so tables are
+            # written in order and at most one waits
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(sink.write, table))
             progress.update(sink.rows, last, descending=descending)
+        if writing is not None:
+            await writing
+            writing = None
     finally:
+        if writing is not None:
+            with contextlib.suppress(Exception):
+                await writing
         sink.close()
         progress.done(sink.rows)
     print(f"predictstore: wrote {sink.rows} {kind} rows to {args.output} ({fmt})")

@@ -365,6 +365,13 @@ class Settings(BaseSettings):
     import_job_retention_days: int = Field(
         default=180, ge=0, description="Finished import jobs are deleted after this; 0 keeps them."
     )
+    # archive before retention
+    archive_dir: Path | None = Field(
+        default=None,
+        description="Directory retention writes Parquet files to before it drops or deletes "
+        "metrics, predictions and feedback (needs the arrow extra); a partition whose file "
+        "cannot be written is kept. Unset: no archive.",
+    )
     otel_metrics_exporter: Literal["none", "console", "otlp"] = Field(
         default="none",
         description="Where OpenTelemetry metrics go besides Prometheus. otlp reads the standard "

@@ -244,7 +244,7 @@ class PolicyChange(_message.Message):
     def __init__(self, hypertable_name: _Optional[str] = ..., policy: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RunMaintenanceResponse(_message.Message):
-    __slots__ = ("ran", "partitions_created", "partitions_dropped", "rows_deleted", "policies_changed", "start_time", "duration", "evaluation_cells_refreshed")
+    __slots__ = ("ran", "partitions_created", "partitions_dropped", "rows_deleted", "policies_changed", "start_time", "duration", "evaluation_cells_refreshed", "archived", "archive_failures")
     RAN_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_CREATED_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_DROPPED_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,8 @@ class RunMaintenanceResponse(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_CELLS_REFRESHED_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     ran: bool
     partitions_created: _containers.RepeatedScalarFieldContainer[str]
     partitions_dropped: _containers.RepeatedScalarFieldContainer[str]
@@ -261,7 +263,57 @@ class RunMaintenanceResponse(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     duration: _duration_pb2.Duration
     evaluation_cells_refreshed: int
-    def __init__(self, ran: _Optional[bool] = ..., partitions_created: _Optional[_Iterable[str]] = ..., partitions_dropped: _Optional[_Iterable[str]] = ..., rows_deleted: _Optional[_Iterable[_Union[RowsDeleted, _Mapping]]] = ..., policies_changed: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., evaluation_cells_refreshed: _Optional[int] = ...) -> None: ...
+    archived: _containers.RepeatedCompositeFieldContainer[ArchiveFile]
+    archive_failures: _containers.RepeatedCompositeFieldContainer[ArchiveFailure]
+    def __init__(self, ran: _Optional[bool] = ..., partitions_created: _Optional[_Iterable[str]] = ..., partitions_dropped: _Optional[_Iterable[str]] = ..., rows_deleted: _Optional[_Iterable[_Union[RowsDeleted, _Mapping]]] = ..., policies_changed: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., evaluation_cells_refreshed: _Optional[int] = ..., archived: _Optional[_Iterable[_Union[ArchiveFile, _Mapping]]] = ..., archive_failures: _Optional[_Iterable[_Union[ArchiveFailure, _Mapping]]] = ...) -> None: ...
+
+class ArchiveFile(_message.Message):
+    __slots__ = ("path", "table_family", "source", "start_time", "end_time", "row_count", "bytes", "sha256", "create_time", "archive_id")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    table_family: str
+    source: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    row_count: int
+    bytes: int
+    sha256: str
+    create_time: _timestamp_pb2.Timestamp
+    archive_id: int
+    def __init__(self, path: _Optional[str] = ..., table_family: _Optional[str] = ..., source: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., row_count: _Optional[int] = ..., bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archive_id: _Optional[int] = ...) -> None: ...
+
+class ListArchivesRequest(_message.Message):
+    __slots__ = ("resume_token",)
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    resume_token: str
+    def __init__(self, resume_token: _Optional[str] = ...) -> None: ...
+
+class ListArchivesResponse(_message.Message):
+    __slots__ = ("archives", "resume_token")
+    ARCHIVES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    archives: _containers.RepeatedCompositeFieldContainer[ArchiveFile]
+    resume_token: str
+    def __init__(self, archives: _Optional[_Iterable[_Union[ArchiveFile, _Mapping]]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class ArchiveFailure(_message.Message):
+    __slots__ = ("table_family", "source", "reason")
+    TABLE_FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    table_family: str
+    source: str
+    reason: str
+    def __init__(self, table_family: _Optional[str] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
     __slots__ = ("event_id", "event_time", "actor", "actor_kind", "action", "resource", "outcome", "details_json")

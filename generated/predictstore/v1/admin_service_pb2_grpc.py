@@ -96,6 +96,11 @@ class AdminServiceStub:
                 request_serializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataRequest.SerializeToString,
                 response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataResponse.FromString,
                 _registered_method=True)
+        self.ListArchives = channel.unary_stream(
+                '/predictstore.v1.AdminService/ListArchives',
+                request_serializer=predictstore_dot_v1_dot_admin__service__pb2.ListArchivesRequest.SerializeToString,
+                response_deserializer=predictstore_dot_v1_dot_admin__service__pb2.ListArchivesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -203,6 +208,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListArchives(self, request, context):
+        """Streams the archive files retention wrote before it dropped or deleted data
+        (PREDICTSTORE_ARCHIVE_DIR), newest first: the archives table, periodic runs
+        included. Empty when no archive was ever configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +279,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteUserData,
                     request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataRequest.FromString,
                     response_serializer=predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataResponse.SerializeToString,
+            ),
+            'ListArchives': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListArchives,
+                    request_deserializer=predictstore_dot_v1_dot_admin__service__pb2.ListArchivesRequest.FromString,
+                    response_serializer=predictstore_dot_v1_dot_admin__service__pb2.ListArchivesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -593,6 +612,33 @@ class AdminService:
             '/predictstore.v1.AdminService/DeleteUserData',
             predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataRequest.SerializeToString,
             predictstore_dot_v1_dot_admin__service__pb2.DeleteUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArchives(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/predictstore.v1.AdminService/ListArchives',
+            predictstore_dot_v1_dot_admin__service__pb2.ListArchivesRequest.SerializeToString,
+            predictstore_dot_v1_dot_admin__service__pb2.ListArchivesResponse.FromString,
             options,
             channel_credentials,
             insecure,

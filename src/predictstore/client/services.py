@@ -188,15 +188,17 @@ class Metrics:
         return self._calls.server_stream(self._stub.QueryMetrics, request)
 
     def query_wire(self, request: metrics_pb.QueryMetricsRequest) -> AsyncIterator[Any]:
-        """The frames of a range read with series keys as wire bytes (RawQueryMetricsResponse,
-        see predictstore.client.raw_frames): cheaper for a reader that converts each series
-        once, like arrow.PointFrames. Resumes across failures like ``query``."""
-        from predictstore.client.raw_frames import RawQueryMetricsResponse
+        """The frames of a range read with series keys as wire bytes and the point
+        columns as NumPy arrays (see predictstore.client.raw_frames.decode): cheaper for a
+        reader that converts each series once, like arrow.PointFrames. Resumes across
+        failures like ``query``."""
+        from predictstore.client.raw_frames import decode
 
         method = self._calls.channel.unary_stream(
             "/predictstore.v1.MetricsService/QueryMetrics",
             request_serializer=metrics_pb.QueryMetricsRequest.SerializeToString,
-            response_deserializer=RawQueryMetricsResponse.FromString,
+            # packed times and values read in place as NumPy arrays (raw_frames.decode)
+            response_deserializer=decode,
         )
         return self._calls.server_stream(method, request)
 
@@ -377,6 +379,11 @@ class Admin:
         self, request: admin_pb.ListAuditEventsRequest
     ) -> AsyncIterator[admin_pb.ListAuditEventsResponse]:
         return self._calls.server_stream(self._stub.ListAuditEvents, request)
+
+    def archives(
+        self, request: admin_pb.ListArchivesRequest
+    ) -> AsyncIterator[admin_pb.ListArchivesResponse]:
+        return self._calls.server_stream(self._stub.ListArchives, request)
 
     async def start_import(
         self, request: admin_pb.StartImportRequest

@@ -6,6 +6,16 @@ replicas run maintenance only one works at a time; if the process dies, the conn
 goes and the lock with it. Every step is its own short transaction (a partition created
 or dropped, a policy replaced, a batch of rows deleted), so a crash mid-run leaves each
 step either done or not started, and the next run picks up where this one stopped.
+
+With an archive (PREDICTSTORE_ARCHIVE_DIR), what retention removes is written to Parquet
+first: a metric partition or chunk in the transaction that drops it, under a SHARE lock
+(writes wait, reads go on) so the file holds exactly what is dropped; a prediction
+partition or chunk before any of its ids is deleted (then it is detached or dropped);
+expired feedback in the transaction that deletes it. A file that cannot be written
+rolls its step back: the partition stays, the rows stay, the failure is in the report
+and the log, and the next run tries again. In TimescaleDB mode the metrics retention
+policy is then not used (its job would drop chunks unarchived): maintenance drops the
+expired chunks itself, one at a time.
 """
 
 from __future__ import annotations
@@ -14,12 +24,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from predictstore.storage import metrics_rollup
+from predictstore.storage.archive import Archived, ArchiveError, Archiver, file_name
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.database import Database
 from predictstore.storage.evaluation import EvaluationStore
@@ -171,6 +183,40 @@ DELETE FROM feedback
 WHERE ctid = ANY (ARRAY(SELECT ctid FROM feedback WHERE update_time < $1 LIMIT $2))
 """
 
+# Deletes one batch of expired feedback and returns it, in the archive's columns.
+DELETE_OLD_FEEDBACK_RETURNING = """
+DELETE FROM feedback
+WHERE ctid = ANY (ARRAY(SELECT ctid FROM feedback WHERE update_time < $1 LIMIT $2))
+RETURNING insight_id, user_id, rating, comment, flag_type, flag_reason, create_time,
+          update_time
+"""
+
+# The time range of a daily partition named ..._pYYYYMMDD, in the database's time zone
+# as partitions are made.
+SELECT_PARTITION_RANGE = """
+SELECT day::timestamptz, (day + 1)::timestamptz
+FROM (SELECT to_date(right($1, 8), 'YYYYMMDD') AS day) AS d
+"""
+
+# Blocks writes to a partition or chunk being archived; reads go on.
+LOCK_FOR_ARCHIVE = "LOCK TABLE {} IN SHARE MODE"
+
+# TimescaleDB: the chunks of hypertable $1 wholly before $2, oldest first.
+SELECT_CHUNKS_BEFORE = """
+SELECT chunk_schema, chunk_name, range_start, range_end
+FROM timescaledb_information.chunks
+WHERE hypertable_schema = current_schema() AND hypertable_name = $1 AND range_end <= $2
+ORDER BY range_start
+"""
+
+# TimescaleDB: drops the one chunk of hypertable $1 that is [$3, $2).
+DROP_ONE_CHUNK = (
+    "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz, newer_than => $3::timestamptz)"
+)
+
+# TimescaleDB: the metric retention cutoff as the retention policy computes it.
+SELECT_METRICS_CUTOFF_TIMESCALEDB = "SELECT now() - make_interval(days => $1::int)"
+
 # Deletes one batch of dedupe batch ids committed before $1 (a TID scan over a bounded list).
 DELETE_OLD_METRIC_BATCHES = """
 DELETE FROM metric_batches
@@ -256,6 +302,15 @@ class PolicyChange:
     interval: timedelta | None
 
 
+@dataclass(frozen=True, slots=True)
+class ArchiveFailure:
+    """A partition, chunk or slice kept because its archive file could not be written."""
+
+    table_family: str
+    source: str
+    reason: str
+
+
 @dataclass(slots=True)
 class MaintenanceReport:
     """What one run did; ``ran`` is False when another session held the lock."""
@@ -270,6 +325,8 @@ class MaintenanceReport:
     # dirty evaluation cells recomputed into the rollup
     evaluation_cells_refreshed: int = 0
     rollup: RollupRefresh | None = None
+    archived: list[Archived] = field(default_factory=list)
+    archive_failures: list[ArchiveFailure] = field(default_factory=list)
 
 
 def _quote_ident(name: str) -> str:
@@ -285,10 +342,16 @@ class Maintenance:
     """Runs the lifecycle steps for the storage mode of ``db``."""
 
     def __init__(
-        self, db: Database, policy: LifecyclePolicy, *, evaluation_batch_cells: int = 500
+        self,
+        db: Database,
+        policy: LifecyclePolicy,
+        *,
+        evaluation_batch_cells: int = 500,
+        archive: Archiver | None = None,
     ) -> None:
         self.db = db
         self.policy = policy
+        self.archive = archive
         self.evaluation = EvaluationStore(db)
         self.evaluation_batch_cells = evaluation_batch_cells
 
@@ -309,15 +372,18 @@ class Maintenance:
                     )
                 else:
                     await self._policies(conn, report)
+                    await self._archive_metric_chunks(conn, report)
                 cutoff = await self._expire_predictions(conn, report)
                 for table, statement in _ROW_RETENTION:
                     keep = self._kept_for(table)
-                    if keep is not None:
-                        report.rows_deleted.append(
-                            await self._delete_rows(
-                                conn, table, statement, datetime.now(UTC) - keep
-                            )
-                        )
+                    if keep is None:
+                        continue
+                    before = datetime.now(UTC) - keep
+                    if table == "feedback" and self.archive is not None:
+                        deleted = await self._archive_feedback(conn, report, before)
+                    else:
+                        deleted = await self._delete_rows(conn, table, statement, before)
+                    report.rows_deleted.append(deleted)
                 await self._evaluation(conn, report, cutoff)
             finally:
                 # if this fails (a cancelled run), the pool's reset on release runs
@@ -334,6 +400,8 @@ class Maintenance:
                 "rows_deleted": {r.table_name: r.rows_deleted for r in report.rows_deleted},
                 "policies_changed": len(report.policies_changed),
                 "evaluation_cells_refreshed": report.evaluation_cells_refreshed,
+                "archived": len(report.archived),
+                "archive_failures": len(report.archive_failures),
                 "duration_s": round(report.duration_s, 3),
             },
         )
@@ -378,18 +446,26 @@ class Maintenance:
         today = await conn.fetchval(SELECT_CURRENT_DATE)
         cutoff = today - timedelta(days=self.policy.metrics_retention_days)
         for row in await conn.fetch(SELECT_EXPIRED_PARTITIONS, cutoff):
-            if await self._drop_partition(conn, row[0], metric=True):
+            if await self._drop_partition(conn, row[0], report, metric=True):
                 report.partitions_dropped.append(row[0])
 
     async def _drop_partition(
-        self, conn: asyncpg.Connection, name: str, *, metric: bool = False
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        report: MaintenanceReport,
+        *,
+        metric: bool = False,
     ) -> bool:
-        """Drops one partition in its own transaction; False when it was busy. A metric
-        partition's hours are logged for the metric rollup in the same transaction."""
+        """Drops one partition in its own transaction; False when it was busy, or (a
+        metric partition, with an archive) its archive failed. A metric partition is
+        archived, and its hours logged for the metric rollup, in the same transaction."""
+        archived: Archived | None = None
         try:
             async with conn.transaction():
                 await conn.execute(SET_LOCK_TIMEOUT)
                 if metric:
+                    archived = await self._archive_partition(conn, "metrics", name)
                     await conn.execute(metrics_rollup.INVALIDATE_PARTITION, name)
                 await conn.execute(f"DROP TABLE IF EXISTS {_quote_ident(name)}")
         except asyncpg.LockNotAvailableError:
@@ -398,7 +474,205 @@ class Maintenance:
                 extra={"action": "partition_drop_deferred", "partition": name},
             )
             return False
+        except ArchiveError as exc:
+            self._archive_failed(report, "metrics", name, exc)
+            return False
+        if archived is not None:
+            report.archived.append(archived)
         return True
+
+    async def _archive_partition(
+        self, conn: asyncpg.Connection, family: str, name: str
+    ) -> Archived | None:
+        """With an archive: a daily partition's rows to a file, in the caller's
+        transaction, under a SHARE lock. None without an archive or rows."""
+        if self.archive is None:
+            return None
+        relation = _quote_ident(name)
+        await conn.execute(LOCK_FOR_ARCHIVE.format(relation))
+        start, end = await conn.fetchrow(SELECT_PARTITION_RANGE, name)
+        return await self.archive.range(conn, family, name, relation, start, end)
+
+    async def _archive_before_drop(
+        self, conn: asyncpg.Connection, report: MaintenanceReport, name: str
+    ) -> bool:
+        """A prediction partition archived in its own transaction (its detach cannot run
+        in one); True when it may be dropped."""
+        if self.archive is None:
+            return True
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                archived = await self._archive_partition(conn, "predictions", name)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "partition busy, archived next run",
+                extra={"action": "partition_drop_deferred", "partition": name},
+            )
+            return False
+        except ArchiveError as exc:
+            self._archive_failed(report, "predictions", name, exc)
+            return False
+        if archived is not None:
+            report.archived.append(archived)
+        return True
+
+    def _archive_failed(
+        self, report: MaintenanceReport, family: str, source: str, exc: ArchiveError
+    ) -> None:
+        report.archive_failures.append(ArchiveFailure(family, source, str(exc)))
+        log.error(
+            "archive failed, data kept until it can be archived",
+            extra={
+                "action": "archive_failed",
+                "table_family": family,
+                "source": source,
+                "reason": str(exc),
+            },
+        )
+
+    async def _archive_chunk(
+        self,
+        conn: asyncpg.Connection,
+        report: MaintenanceReport,
+        hypertable: str,
+        family: str,
+        chunk: asyncpg.Record,
+        *,
+        drop: bool,
+    ) -> bool:
+        """TimescaleDB with an archive: one chunk (a SELECT_CHUNKS_BEFORE row) archived
+        in its own transaction under a SHARE lock, and dropped in it when ``drop``; False
+        when it is busy or its archive fails (it stays for the next run)."""
+        assert self.archive is not None
+        schema, name, start, end = chunk
+        relation = f"{_quote_ident(schema)}.{_quote_ident(name)}"
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                await conn.execute(LOCK_FOR_ARCHIVE.format(relation))
+                # through the hypertable: a compressed chunk reads decompressed
+                archived = await self.archive.range(
+                    conn, family, name, _quote_ident(hypertable), start, end
+                )
+                if drop:
+                    await conn.fetch(DROP_ONE_CHUNK, hypertable, end, start)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "chunk busy, archived and dropped next run",
+                extra={"action": "partition_drop_deferred", "partition": name},
+            )
+            return False
+        except ArchiveError as exc:
+            self._archive_failed(report, family, name, exc)
+            return False
+        if archived is not None:
+            report.archived.append(archived)
+        return True
+
+    async def _drop_chunk(
+        self, conn: asyncpg.Connection, hypertable: str, chunk: asyncpg.Record
+    ) -> bool:
+        """TimescaleDB: one chunk (a SELECT_CHUNKS_BEFORE row) dropped; False when busy."""
+        _schema, name, start, end = chunk
+        try:
+            async with conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT)
+                await conn.fetch(DROP_ONE_CHUNK, hypertable, end, start)
+        except asyncpg.LockNotAvailableError:
+            log.warning(
+                "chunk busy, dropped next run",
+                extra={"action": "partition_drop_deferred", "partition": name},
+            )
+            return False
+        return True
+
+    async def _drop_chunks_archived(
+        self,
+        conn: asyncpg.Connection,
+        report: MaintenanceReport,
+        hypertable: str,
+        family: str,
+        bound: datetime,
+    ) -> None:
+        """TimescaleDB with an archive: each chunk of ``hypertable`` wholly before
+        ``bound`` archived and dropped in one transaction, oldest first; a chunk that is
+        busy or whose archive fails stays for the next run."""
+        for chunk in await conn.fetch(SELECT_CHUNKS_BEFORE, hypertable, bound):
+            if await self._archive_chunk(conn, report, hypertable, family, chunk, drop=True):
+                report.partitions_dropped.append(chunk[1])
+
+    async def _archive_expired_predictions(
+        self, conn: asyncpg.Connection, report: MaintenanceReport, cutoff: datetime
+    ) -> tuple[datetime, set[str]]:
+        """With an archive: the prediction partitions or chunks wholly before ``cutoff``
+        written to files, oldest first, before any of their ids is deleted. It stops at
+        the first one that cannot be archived and returns its start as the cutoff for the
+        ids (so it and every later one keep their ids and their rows), or ``cutoff``;
+        and the names archived. One archived whose ids a run does not finish deleting is
+        archived again (the same file) by the next run."""
+        assert self.archive is not None
+        archived: set[str] = set()
+        if self.db.mode == "timescaledb":
+            for chunk in await conn.fetch(SELECT_CHUNKS_BEFORE, "predictions", cutoff):
+                if not await self._archive_chunk(
+                    conn, report, "predictions", "predictions", chunk, drop=False
+                ):
+                    start: datetime = chunk[2]
+                    return start, archived
+                archived.add(chunk[1])
+            return cutoff, archived
+        for name, _pending in await conn.fetch(SELECT_DROPPABLE_PREDICTION_PARTITIONS, cutoff):
+            if not await self._archive_before_drop(conn, report, name):
+                start, _end = await conn.fetchrow(SELECT_PARTITION_RANGE, name)
+                return start, archived
+            archived.add(name)
+        return cutoff, archived
+
+    async def _archive_metric_chunks(
+        self, conn: asyncpg.Connection, report: MaintenanceReport
+    ) -> None:
+        """TimescaleDB with an archive: metric retention done here, not by the policy."""
+        days = self.policy.metrics_retention_days
+        if self.archive is None or days <= 0:
+            return
+        bound: datetime = await conn.fetchval(SELECT_METRICS_CUTOFF_TIMESCALEDB, days)
+        await self._drop_chunks_archived(conn, report, "metric_points", "metrics", bound)
+
+    async def _archive_feedback(
+        self, conn: asyncpg.Connection, report: MaintenanceReport, cutoff: datetime
+    ) -> RowsDeleted:
+        """Expired feedback deleted and archived in one transaction (at most
+        max_batches batches, one file): if the file fails, nothing is deleted."""
+        assert self.archive is not None
+        deleted = 0
+        complete = False
+
+        async def batches() -> AsyncGenerator[list[asyncpg.Record], None]:
+            nonlocal deleted, complete
+            for _ in range(self.policy.max_batches):
+                rows = await conn.fetch(
+                    DELETE_OLD_FEEDBACK_RETURNING, cutoff, self.policy.batch_rows
+                )
+                deleted += len(rows)
+                if rows:
+                    yield rows
+                if len(rows) < self.policy.batch_rows:
+                    complete = True
+                    return
+
+        name = file_name("feedback", None, cutoff)
+        try:
+            async with conn.transaction():
+                archived = await self.archive.write(
+                    conn, "feedback", "feedback", batches(), name, None, cutoff
+                )
+        except ArchiveError as exc:
+            self._archive_failed(report, "feedback", "feedback", exc)
+            return RowsDeleted("feedback", 0, complete=False)
+        if archived is not None:
+            report.archived.append(archived)
+        return RowsDeleted("feedback", deleted, complete)
 
     async def _detach_partition(self, conn: asyncpg.Connection, name: str, pending: bool) -> bool:
         """Detaches a prediction partition before its drop; False when it has to wait.
@@ -438,20 +712,34 @@ class Maintenance:
         timescale = self.db.mode == "timescaledb"
         cutoff_sql = SELECT_PREDICTION_CUTOFF_TIMESCALEDB if timescale else SELECT_PREDICTION_CUTOFF
         cutoff: datetime = await conn.fetchval(cutoff_sql, days)
+        # with an archive, ids go only up to the first partition or chunk not archived
+        ids_before, archived = cutoff, None
+        if self.archive is not None:
+            ids_before, archived = await self._archive_expired_predictions(conn, report, cutoff)
         report.rows_deleted.append(
-            await self._delete_rows(conn, "prediction_ids", DELETE_OLD_PREDICTION_IDS, cutoff)
+            await self._delete_rows(conn, "prediction_ids", DELETE_OLD_PREDICTION_IDS, ids_before)
         )
         oldest: datetime | None = await conn.fetchval(SELECT_OLDEST_PREDICTION_ID)
-        bound = cutoff if oldest is None else min(cutoff, oldest)
+        bound = ids_before if oldest is None else min(ids_before, oldest)
         if not timescale:
+            # detached ones lost their ids when they were detached: archived (again) first
             for row in await conn.fetch(SELECT_DETACHED_PREDICTION_PARTITIONS):
-                if await self._drop_partition(conn, row[0]):
+                if await self._archive_before_drop(
+                    conn, report, row[0]
+                ) and await self._drop_partition(conn, row[0], report):
                     report.partitions_dropped.append(row[0])
             for name, pending in await conn.fetch(SELECT_DROPPABLE_PREDICTION_PARTITIONS, bound):
-                if await self._detach_partition(conn, name, pending) and await self._drop_partition(
-                    conn, name
+                if (
+                    (archived is None or name in archived)
+                    and await self._detach_partition(conn, name, pending)
+                    and await self._drop_partition(conn, name, report)
                 ):
                     report.partitions_dropped.append(name)
+            return cutoff
+        if archived is not None:
+            for chunk in await conn.fetch(SELECT_CHUNKS_BEFORE, "predictions", bound):
+                if chunk[1] in archived and await self._drop_chunk(conn, "predictions", chunk):
+                    report.partitions_dropped.append(chunk[1])
             return cutoff
         try:
             async with conn.transaction():
@@ -469,7 +757,10 @@ class Maintenance:
     async def _policies(self, conn: asyncpg.Connection, report: MaintenanceReport) -> None:
         """TimescaleDB mode: retention and compression policies as the settings say."""
         wanted = {
-            "retention": _days(self.policy.metrics_retention_days),
+            # with an archive, maintenance drops the chunks itself, each archived first
+            "retention": None
+            if self.archive is not None
+            else _days(self.policy.metrics_retention_days),
             "compression": _days(self.policy.metrics_compress_after_days),
         }
         for policy, proc_name, key, remove, add in _POLICIES:
@@ -538,6 +829,8 @@ class MaintenanceRunner:
                                 "partitions_dropped": len(report.partitions_dropped),
                                 "rows_deleted": sum(r.rows_deleted for r in report.rows_deleted),
                                 "policies_changed": len(report.policies_changed),
+                                "archived": len(report.archived),
+                                "archive_failures": len(report.archive_failures),
                             },
                         )
                     )

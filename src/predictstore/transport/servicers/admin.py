@@ -14,6 +14,7 @@ from predictstore.domain import resume
 from predictstore.errors import FailedPrecondition
 from predictstore.settings import Settings
 from predictstore.storage.admin import AdminStore
+from predictstore.storage.archive import Archived, stream_archives
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.maintenance import Maintenance
 from predictstore.transport.servicers.admin_keys import ApiKeyHandlers
@@ -182,6 +183,11 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             start_time=to_timestamp(report.start_time),
             duration=_duration(report.duration_s),
             evaluation_cells_refreshed=report.evaluation_cells_refreshed,
+            archived=[_archive_file(a) for a in report.archived],
+            archive_failures=[
+                pb.ArchiveFailure(table_family=f.table_family, source=f.source, reason=f.reason)
+                for f in report.archive_failures
+            ],
         )
 
     async def ListAuditEvents(
@@ -203,6 +209,27 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         async for response in framed(
             self.audit.stream(start, end, after_id, self.frame_max_items),
             _audit_event,
+            frame,
+            self.frame_max_items,
+            self.frame_max_bytes,
+        ):
+            yield response
+
+    async def ListArchives(
+        self, request: pb.ListArchivesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListArchivesResponse]:
+        query = resume.fingerprint("archives")
+        before_id = None
+        if request.resume_token:
+            (before_id,) = resume.decode_key(request.resume_token, query, int)
+
+        def frame(files: list[pb.ArchiveFile]) -> pb.ListArchivesResponse:
+            token = resume.encode(query, [files[-1].archive_id])
+            return pb.ListArchivesResponse(archives=files, resume_token=token)
+
+        async for response in framed(
+            stream_archives(self.maintenance.db, before_id, self.frame_max_items),
+            _archive_file,
             frame,
             self.frame_max_items,
             self.frame_max_bytes,
@@ -255,6 +282,21 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         if self.erasure is None:
             raise FailedPrecondition("this server runs no erasure")
         return self.erasure.delete_user_data(request, context)
+
+
+def _archive_file(a: Archived) -> pb.ArchiveFile:
+    return pb.ArchiveFile(
+        path=a.path,
+        table_family=a.table_family,
+        source=a.source,
+        start_time=to_timestamp(a.start_time),
+        end_time=to_timestamp(a.end_time),
+        row_count=a.row_count,
+        bytes=a.bytes,
+        sha256=a.sha256,
+        create_time=to_timestamp(a.create_time) if a.create_time else None,
+        archive_id=a.archive_id or 0,
+    )
 
 
 def _audit_event(e: AuditEvent) -> pb.AuditEvent:
