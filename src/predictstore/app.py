@@ -26,13 +26,19 @@ from predictstore.storage.admin import AdminStore
 from predictstore.storage.api_keys import ApiKeyStore, KeyRefresher
 from predictstore.storage.archive import Archiver, ArchiveUnavailable, LocalArchive
 from predictstore.storage.audit import AuditStore
-from predictstore.storage.database import Database, PoolSettings
+from predictstore.storage.database import Database, PoolSettings, ReadSettings
 from predictstore.storage.erasure import ErasureStore
 from predictstore.storage.evaluation import EvaluationRefresher, EvaluationStore
 from predictstore.storage.feedback import FeedbackStore
 from predictstore.storage.maintenance import LifecyclePolicy, Maintenance, MaintenanceRunner
 from predictstore.storage.predictions import PredictionStore
-from predictstore.telemetry import configure_logging, configure_telemetry, watch_pool
+from predictstore.storage.replicas import split_urls
+from predictstore.telemetry import (
+    configure_logging,
+    configure_telemetry,
+    watch_pool,
+    watch_replicas,
+)
 from predictstore.transport.exposure import (
     ConfigurationError,
     auth_policy,
@@ -197,6 +203,7 @@ async def start_server(
             frame_max_bytes=settings.frame_max_bytes,
             max_rejections_reported=settings.max_rejections_reported,
             erasure=erasure,
+            reads=PredictionStore(db.reader()),
         ),
         server,
     )
@@ -234,6 +241,7 @@ async def start_server(
         default_min_flags=settings.default_min_flags,
         frame_max_items=settings.frame_max_items,
         frame_max_bytes=settings.frame_max_bytes,
+        reads=FeedbackStore(db.reader()),
     )
     feedback_service_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback_servicer, server)
     evaluation_service_pb2_grpc.add_EvaluationServiceServicer_to_server(
@@ -259,6 +267,8 @@ async def start_server(
             ApiKeyHandlers(keys, policy, settings.frame_max_items, settings.frame_max_bytes),
             imports,
             erasure=erasure,
+            reads=AdminStore(db.reader()),
+            audit_reads=AuditStore(db.reader()),
         ),
         server,
     )
@@ -299,6 +309,8 @@ async def start_server(
         )
         running.tasks.append(asyncio.create_task(refresher.run()))
     running.cleanups.append(watch_pool(db.pool))
+    if db.replicas is not None:
+        running.cleanups.append(watch_replicas(db.replicas))
     running.drains.append(metrics_writer.drain)
     running.otlp = otlp
     return running
@@ -375,6 +387,14 @@ def pool_settings(settings: Settings) -> PoolSettings:
     )
 
 
+def read_settings(settings: Settings) -> ReadSettings:
+    return ReadSettings(
+        urls=tuple(split_urls(settings.read_database_url or "")),
+        max_lag_s=settings.read_max_lag_s,
+        check_interval_s=settings.read_lag_check_interval_s,
+    )
+
+
 # The streaming paths allocate tens of thousands of short-lived objects per batch (a
 # cursor fetch of 10,000 records, then their columns). At CPython's default thresholds
 # (700, 10, 10) the collector ran every 700 allocations and, as records outlived the
@@ -425,7 +445,7 @@ async def _serve(settings: Settings) -> None:
         url = embedded.url()
         await asyncio.to_thread(migrate.upgrade, url, storage_mode=settings.storage_mode)
     try:
-        db = await Database.open(url, pool_settings(settings))
+        db = await Database.open(url, pool_settings(settings), read_settings(settings))
         try:
             running = await start_server(settings, db)
             if embedded is not None:

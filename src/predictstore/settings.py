@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from predictstore.domain.auth import check_scopes
+from predictstore.storage.replicas import split_urls
 
 MiB = 1024 * 1024
 
@@ -41,7 +42,24 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         description="PostgreSQL URL. Unset: an embedded PostgreSQL in data_dir, "
-        "started and stopped by the service.",
+        "started and stopped by the service. For failover give every host with "
+        "target_session_attrs=read-write, e.g. "
+        "postgresql://u:p@db1:5432,db2:5432/predictstore?target_session_attrs=read-write.",
+    )
+    read_database_url: str | None = Field(
+        default=None,
+        description="Standbys for range reads, aggregations, evaluations, listings and "
+        "stats: comma-separated PostgreSQL URLs, tried in order. Unset: every read goes to "
+        "database_url.",
+    )
+    read_max_lag_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A standby lagging more than this many seconds behind the primary "
+        "serves no reads (the next standby or the primary does).",
+    )
+    read_lag_check_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the standbys' replication lag is measured."
     )
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("predictstore")),
@@ -408,18 +426,15 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url_is_postgresql(cls, value: str | None) -> str | None:
-        if value is None:
+        return None if value is None else check_postgresql_url(value)
+
+    @field_validator("read_database_url")
+    @classmethod
+    def _read_database_urls_are_postgresql(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
             return None
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError as exc:
-            raise ValueError(f"is not a URL ({exc})") from None
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError(
-                "must be a URL like postgresql://USER:PASSWORD@HOST:5432/DATABASE "
-                "(unset it for the embedded PostgreSQL)"
-            )
+        for url in split_urls(value):
+            check_postgresql_url(url)
         return value
 
     @field_validator("log_level")
@@ -435,6 +450,22 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_PREFIX = "PREDICTSTORE_"
 # Variables the CLI reads as a client, not settings of the server.
 CLIENT_VARIABLES = frozenset({"PREDICTSTORE_API_KEY"})
+
+
+def check_postgresql_url(value: str) -> str:
+    """``value`` if it is a postgresql:// URL (one host or several, comma-separated)."""
+    try:
+        parts = urlsplit(value)
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            urlsplit(f"//{host}").port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"is not a URL ({exc})") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            "must be a URL like postgresql://USER:PASSWORD@HOST:5432/DATABASE "
+            "(unset it for the embedded PostgreSQL)"
+        )
+    return value
 
 
 def check_host_port(value: str) -> str:

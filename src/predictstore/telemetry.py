@@ -2,7 +2,8 @@
 
 Traces: the gRPC server interceptor and the asyncpg instrumentation, so one trace spans an
 RPC and its SQL; log records made inside a span carry its trace_id and span_id.
-Metrics: RPC latency (transport/interceptors/rpc_metrics.py), pool utilisation gauges, query latency
+Metrics: RPC latency (transport/interceptors/rpc_metrics.py), pool utilisation gauges,
+standby replication lag gauges (storage/replicas.py), query latency
 and a slow-query counter (both from the asyncpg spans), exported by OTLP, the console
 and/or a Prometheus scrape endpoint.
 """
@@ -37,6 +38,7 @@ from opentelemetry.sdk.trace.export import (
 
 from predictstore import __version__
 from predictstore.storage.admin import pool_stats
+from predictstore.storage.replicas import ReadReplicas
 
 RESOURCE = Resource.create({"service.name": "predictstore", "service.version": __version__})
 METER_NAME = "predictstore"
@@ -216,7 +218,62 @@ class IngestMetrics:
         self.rejected.add(count, {"reason": reason})
 
 
+class ReplicaGauges:
+    """The standbys' replication lag and whether each serves reads, per standby name."""
+
+    def __init__(self) -> None:
+        self._replicas: dict[int, ReadReplicas] = {}
+        self._lock = threading.Lock()
+        meter = metrics.get_meter(METER_NAME, __version__)
+        meter.create_observable_gauge(
+            "predictstore.db.replica.lag",
+            callbacks=[self._lag],
+            unit="s",
+            description="upper bound of a standby's replication lag (read_database_url)",
+        )
+        meter.create_observable_gauge(
+            "predictstore.db.replica.serving_reads",
+            callbacks=[self._serving],
+            description="1 while reads are routed to the standby, else 0",
+        )
+
+    def _statuses(self) -> list[Any]:
+        with self._lock:
+            watched = list(self._replicas.values())
+        return [s for replicas in watched for s in replicas.statuses()]
+
+    def _lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(s.lag_s, {"replica": s.name})
+            for s in self._statuses()
+            if s.lag_s is not None
+        ]
+
+    def _serving(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(s.serving_reads), {"replica": s.name}) for s in self._statuses()]
+
+    def watch(self, replicas: ReadReplicas) -> Callable[[], None]:
+        key = id(replicas)
+        with self._lock:
+            self._replicas[key] = replicas
+
+        def unwatch() -> None:
+            with self._lock:
+                self._replicas.pop(key, None)
+
+        return unwatch
+
+
 _pool_gauges: PoolGauges | None = None
+_replica_gauges: ReplicaGauges | None = None
+
+
+def watch_replicas(replicas: ReadReplicas) -> Callable[[], None]:
+    """Report ``replicas`` in the replica gauges until the returned function is called."""
+    global _replica_gauges
+    if _replica_gauges is None:
+        _replica_gauges = ReplicaGauges()
+    return _replica_gauges.watch(replicas)
 
 
 def watch_pool(pool: asyncpg.Pool) -> Callable[[], None]:

@@ -150,7 +150,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "storage_mode", "postgresql_version", "timescaledb_version", "schema_revision", "limits", "lifecycle")
+    __slots__ = ("version", "storage_mode", "postgresql_version", "timescaledb_version", "schema_revision", "limits", "lifecycle", "read_replicas", "read_max_lag")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STORAGE_MODE_FIELD_NUMBER: _ClassVar[int]
     POSTGRESQL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,8 @@ class GetServerInfoResponse(_message.Message):
     SCHEMA_REVISION_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_FIELD_NUMBER: _ClassVar[int]
+    READ_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    READ_MAX_LAG_FIELD_NUMBER: _ClassVar[int]
     version: str
     storage_mode: StorageMode
     postgresql_version: str
@@ -165,7 +167,23 @@ class GetServerInfoResponse(_message.Message):
     schema_revision: str
     limits: ServerLimits
     lifecycle: LifecycleSettings
-    def __init__(self, version: _Optional[str] = ..., storage_mode: _Optional[_Union[StorageMode, str]] = ..., postgresql_version: _Optional[str] = ..., timescaledb_version: _Optional[str] = ..., schema_revision: _Optional[str] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., lifecycle: _Optional[_Union[LifecycleSettings, _Mapping]] = ...) -> None: ...
+    read_replicas: _containers.RepeatedCompositeFieldContainer[ReadReplica]
+    read_max_lag: _duration_pb2.Duration
+    def __init__(self, version: _Optional[str] = ..., storage_mode: _Optional[_Union[StorageMode, str]] = ..., postgresql_version: _Optional[str] = ..., timescaledb_version: _Optional[str] = ..., schema_revision: _Optional[str] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., lifecycle: _Optional[_Union[LifecycleSettings, _Mapping]] = ..., read_replicas: _Optional[_Iterable[_Union[ReadReplica, _Mapping]]] = ..., read_max_lag: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ReadReplica(_message.Message):
+    __slots__ = ("name", "replication_lag", "reachable", "in_recovery", "serving_reads")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_LAG_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    IN_RECOVERY_FIELD_NUMBER: _ClassVar[int]
+    SERVING_READS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    replication_lag: _duration_pb2.Duration
+    reachable: bool
+    in_recovery: bool
+    serving_reads: bool
+    def __init__(self, name: _Optional[str] = ..., replication_lag: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reachable: _Optional[bool] = ..., in_recovery: _Optional[bool] = ..., serving_reads: _Optional[bool] = ...) -> None: ...
 
 class TableStats(_message.Message):
     __slots__ = ("table_name", "kind", "estimated_rows", "total_bytes", "chunk_count", "compressed_chunk_count", "before_compression_bytes", "after_compression_bytes", "compression_ratio")
@@ -210,14 +228,16 @@ class GetStorageStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStorageStatsResponse(_message.Message):
-    __slots__ = ("tables", "pool", "database_bytes")
+    __slots__ = ("tables", "pool", "database_bytes", "read_replicas")
     TABLES_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     DATABASE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    READ_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     tables: _containers.RepeatedCompositeFieldContainer[TableStats]
     pool: PoolStats
     database_bytes: int
-    def __init__(self, tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., pool: _Optional[_Union[PoolStats, _Mapping]] = ..., database_bytes: _Optional[int] = ...) -> None: ...
+    read_replicas: _containers.RepeatedCompositeFieldContainer[ReadReplica]
+    def __init__(self, tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., pool: _Optional[_Union[PoolStats, _Mapping]] = ..., database_bytes: _Optional[int] = ..., read_replicas: _Optional[_Iterable[_Union[ReadReplica, _Mapping]]] = ...) -> None: ...
 
 class RunMaintenanceRequest(_message.Message):
     __slots__ = ()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from predictstore.storage.database import Database, StorageMode
+from predictstore.storage.replicas import ReplicaStatus
 
 # The PostgreSQL server's version, e.g. "17.2".
 SELECT_POSTGRESQL_VERSION = "SELECT current_setting('server_version')"
@@ -151,6 +152,10 @@ class AdminStore:
             ts = await conn.fetchval(SELECT_TIMESCALEDB_VERSION)
             revision = await conn.fetchval(SELECT_SCHEMA_REVISION)
         return DatabaseInfo(self.db.mode, pg, ts or "", revision or "")
+
+    def replicas(self) -> list[ReplicaStatus]:
+        """The standbys of read_database_url as the lag monitor last saw them."""
+        return [] if self.db.replicas is None else self.db.replicas.statuses()
 
     async def stats(self) -> StorageStats:
         pool = pool_stats(self.db.pool)  # before this call takes a connection of its own

@@ -17,6 +17,7 @@ from predictstore.storage.admin import AdminStore
 from predictstore.storage.archive import Archived, stream_archives
 from predictstore.storage.audit import AuditEvent, AuditStore
 from predictstore.storage.maintenance import Maintenance
+from predictstore.storage.replicas import ReplicaStatus
 from predictstore.transport.servicers.admin_keys import ApiKeyHandlers
 from predictstore.transport.servicers.erasure import ErasureHandlers
 from predictstore.transport.servicers.imports import ImportHandlers
@@ -44,6 +45,19 @@ def _duration(value: timedelta | float) -> duration_pb2.Duration:
     else:
         message.FromNanoseconds(int(value * 1e9))
     return message
+
+
+def _replicas(statuses: list[ReplicaStatus]) -> list[pb.ReadReplica]:
+    return [
+        pb.ReadReplica(
+            name=r.name,
+            replication_lag=None if r.lag_s is None else _duration(r.lag_s),
+            reachable=r.reachable,
+            in_recovery=r.in_recovery,
+            serving_reads=r.serving_reads,
+        )
+        for r in statuses
+    ]
 
 
 def _days(days: int) -> duration_pb2.Duration | None:
@@ -101,13 +115,20 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         keys: ApiKeyHandlers,
         imports: ImportHandlers | None = None,
         erasure: ErasureHandlers | None = None,
+        reads: AdminStore | None = None,
+        audit_reads: AuditStore | None = None,
     ) -> None:
         self.keys = keys
         self.imports = imports
         self.erasure = erasure
+        # GetServerInfo: the primary's versions and schema revision
         self.store = store
+        # GetStorageStats and ListAuditEvents: the read side (a standby when fresh)
+        self.reads = reads or store
         self.maintenance = maintenance
         self.audit = audit
+        self.audit_reads = audit_reads or audit
+        self.read_max_lag_s = settings.read_max_lag_s
         self.limits = limits_from_settings(settings)
         self.lifecycle = lifecycle_from_settings(settings)
         self.frame_max_items = settings.frame_max_items
@@ -125,12 +146,14 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             schema_revision=info.schema_revision,
             limits=self.limits,
             lifecycle=self.lifecycle,
+            read_replicas=_replicas(self.store.replicas()),
+            read_max_lag=_duration(self.read_max_lag_s),
         )
 
     async def GetStorageStats(
         self, request: pb.GetStorageStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStorageStatsResponse:
-        stats = await self.store.stats()
+        stats = await self.reads.stats()
         reply = pb.GetStorageStatsResponse(
             pool=pb.PoolStats(
                 size=stats.pool.size,
@@ -141,6 +164,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
                 max_size=stats.pool.max_size,
             ),
             database_bytes=stats.database_bytes,
+            read_replicas=_replicas(self.store.replicas()),
         )
         for t in stats.tables:
             reply.tables.append(
@@ -207,7 +231,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             return pb.ListAuditEventsResponse(events=events, resume_token=token)
 
         async for response in framed(
-            self.audit.stream(start, end, after_id, self.frame_max_items),
+            self.audit_reads.stream(start, end, after_id, self.frame_max_items),
             _audit_event,
             frame,
             self.frame_max_items,

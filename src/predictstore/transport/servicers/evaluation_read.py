@@ -173,7 +173,8 @@ class EvaluationReadHandlers:
         psi_threshold: float = 0.2,
         drift_max_rows: int = 1_000_000,
     ) -> None:
-        self.store = EvaluationStore(db)
+        # every evaluation read is a read-only snapshot: served by a standby when fresh
+        self.store = EvaluationStore(db.reader())
         self.max_buckets = max_buckets
         self.frame_max_items = frame_max_items
         self.frame_max_bytes = frame_max_bytes

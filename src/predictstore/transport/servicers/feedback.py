@@ -102,8 +102,12 @@ class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
         default_min_flags: int,
         frame_max_items: int,
         frame_max_bytes: int,
+        reads: FeedbackStore | None = None,
     ) -> None:
+        # writes, GetFeedback and GetFeedbackStats (read after the caller's own submit)
         self.store = store
+        # ListFeedback, ListFlaggedInsights: the read side (a standby when fresh)
+        self.reads = reads or store
         self.limits = limits
         self.default_min_flags = default_min_flags
         self.frame_max_items = frame_max_items
@@ -185,7 +189,7 @@ class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
             return pb.ListFeedbackResponse(feedbacks=items, resume_token=token)
 
         async for response in framed(
-            self.store.stream(flt, after, self.frame_max_items),
+            self.reads.stream(flt, after, self.frame_max_items),
             feedback_to_proto,
             frame,
             self.frame_max_items,
@@ -210,7 +214,7 @@ class FeedbackServicer(feedback_service_pb2_grpc.FeedbackServiceServicer):
             return pb.ListFlaggedInsightsResponse(insights=items, resume_token=token)
 
         async for response in framed(
-            self.store.stream_flagged(flt, after, self.frame_max_items),
+            self.reads.stream_flagged(flt, after, self.frame_max_items),
             flagged_to_proto,
             frame,
             self.frame_max_items,

@@ -79,7 +79,8 @@ def _series(row: SeriesStats) -> pb.SeriesInfo:
 
 class SeriesDiscoveryHandlers:
     def __init__(self, db: Database, *, frame_max_items: int, frame_max_bytes: int) -> None:
-        self.store = SeriesDiscoveryStore(db)
+        # listings: served by a standby when fresh
+        self.store = SeriesDiscoveryStore(db.reader())
         self.frame_max_items = frame_max_items
         self.frame_max_bytes = frame_max_bytes
 

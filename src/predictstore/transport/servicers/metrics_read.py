@@ -287,7 +287,8 @@ class MetricsReadHandlers:
         frame_max_bytes: int = 1024 * 1024,
         use_rollup: bool = True,
     ) -> None:
-        self.store = MetricsReadStore(db)
+        # range reads and aggregations: served by a standby when fresh
+        self.store = MetricsReadStore(db.reader())
         self.max_points = max_points
         self.max_series = max_series
         self.max_buckets = max_buckets

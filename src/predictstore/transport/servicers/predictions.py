@@ -68,9 +68,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         frame_max_bytes: int,
         max_rejections_reported: int,
         erasure: ErasureHandlers,
+        reads: PredictionStore | None = None,
     ) -> None:
         self.erasure = erasure
+        # writes and GetPrediction (read after the caller's own create): the primary
         self.store = store
+        # ListPredictions: the read side (a standby when fresh; storage/database.py)
+        self.reads = reads or store
         self.limits = limits
         self.frame_max_items = frame_max_items
         self.frame_max_bytes = frame_max_bytes
@@ -164,7 +168,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return pb.ListPredictionsResponse(predictions=items, resume_token=token)
 
         async for response in framed(
-            self.store.stream(flt, after, self.frame_max_items),
+            self.reads.stream(flt, after, self.frame_max_items),
             prediction_to_proto,
             frame,
             self.frame_max_items,
