@@ -14,7 +14,7 @@ is left out, ``confidence`` (optional) is written whenever it is set.
 from __future__ import annotations
 
 import struct
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from predictstore.domain.predictions import Prediction
 from predictstore.transport.wire.struct_json import struct_bytes
@@ -22,15 +22,18 @@ from predictstore.transport.wire.struct_json import struct_bytes
 _pack_double = struct.Struct("<d").pack
 _ZERO = _pack_double(0.0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SECOND = timedelta(seconds=1)
+
+
+# Varints of 0-127 (most lengths): one lookup.
+_SMALL = [bytes((n,)) for n in range(0x80)]
 
 
 def varint(n: int) -> bytes:
     """An unsigned varint; a negative int64 as its two's complement (ten bytes)."""
+    if 0 <= n < 0x80:
+        return _SMALL[n]
     if n < 0:
         n &= 0xFFFF_FFFF_FFFF_FFFF
-    if n < 0x80:
-        return bytes((n,))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -49,10 +52,28 @@ def _message(tag: bytes, data: bytes, out: list[bytes]) -> None:
     out += (tag, varint(len(data)), data)
 
 
+class _Timestamps:
+    """timestamp_bytes with the last time kept: the rows of one bulk load share their
+    create_time, and a listing reads them in that order."""
+
+    __slots__ = ("data", "value")
+
+    def __init__(self) -> None:
+        self.value = _EPOCH
+        self.data = b""
+
+    def __call__(self, value: datetime) -> bytes:
+        if value == self.value:  # equal instants: the same Timestamp, whatever the zone
+            return self.data
+        data = timestamp_bytes(value)
+        self.value, self.data = value, data
+        return data
+
+
 def timestamp_bytes(value: datetime) -> bytes:
     """google.protobuf.Timestamp of an aware datetime, as Timestamp.FromDatetime."""
     delta = value - _EPOCH
-    seconds = delta // _SECOND
+    seconds = delta.days * 86400 + delta.seconds
     nanos = delta.microseconds * 1000
     out = b""
     if seconds:
@@ -60,6 +81,9 @@ def timestamp_bytes(value: datetime) -> bytes:
     if nanos:
         out += b"\x10" + varint(nanos)
     return out
+
+
+_create_time = _Timestamps()
 
 
 def _forecast(value: float, lower: float, upper: float) -> bytes:
@@ -91,7 +115,7 @@ def prediction_bytes(p: Prediction) -> bytes:
         _message(b"\x52", timestamp_bytes(p.target_time), out)
     _message(b"\x5a", struct_bytes(p.metadata), out)
     if p.create_time is not None:
-        _message(b"\x62", timestamp_bytes(p.create_time), out)
+        _message(b"\x62", _create_time(p.create_time), out)
     return b"".join(out)
 
 
