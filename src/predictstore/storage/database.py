@@ -170,7 +170,10 @@ class Database:
         """
         with translate_errors():
             try:
-                acquired = await self.pool.acquire(timeout=self.acquire_timeout_s)
+                # asyncio.timeout, not acquire(timeout=): that runs the acquire as a task
+                # of its own through wait_for, a task and a loop turn more per call
+                async with asyncio.timeout(self.acquire_timeout_s):
+                    acquired = await self.pool.acquire()
             except TimeoutError as exc:
                 raise Unavailable(
                     f"no database connection became free within {self.acquire_timeout_s:g} s "
@@ -179,7 +182,7 @@ class Database:
             try:
                 yield acquired
             finally:
-                await self.pool.release(acquired)
+                await self.pool.release(acquired, timeout=self.acquire_timeout_s)
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True when a query round trip works within ``timeout_s``."""
