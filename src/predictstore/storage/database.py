@@ -237,11 +237,14 @@ class Database:
             try:
                 yield acquired
             finally:
-                await self.pool.release(acquired)
+                await self.pool.release(acquired, timeout=self.acquire_timeout_s)
 
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
         try:
-            return await pool.acquire(timeout=self.acquire_timeout_s)
+            # asyncio.timeout, not acquire(timeout=): that runs the acquire as a task of
+            # its own through wait_for, a task and a loop turn more per call
+            async with asyncio.timeout(self.acquire_timeout_s):
+                return await pool.acquire()
         except TimeoutError as exc:
             raise Unavailable(
                 f"no database connection became free within {self.acquire_timeout_s:g} s "

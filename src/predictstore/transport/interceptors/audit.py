@@ -108,6 +108,7 @@ def _counts(message: Any, into: dict[str, Any]) -> None:
 
 class AuditInterceptor(HandlerInterceptor):
     def __init__(self, store: AuditStore) -> None:
+        super().__init__()
         # calls ending together share one write: see GroupedAuditWriter
         self.writer = GroupedAuditWriter(store)
         # events lost since the current run of audit failures began (0: audit works)

@@ -105,6 +105,7 @@ class AuthInterceptor(HandlerInterceptor):
     servicers through ``current_caller``."""
 
     def __init__(self, policy: AuthPolicy) -> None:
+        super().__init__()
         self.policy = policy
 
     def _open(self, method: str) -> bool:

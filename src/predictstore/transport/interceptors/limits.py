@@ -54,6 +54,7 @@ def stream_owner(context: grpc.aio.ServicerContext) -> str:
 
 class StreamLimitInterceptor(HandlerInterceptor):
     def __init__(self, max_stream_messages: int, max_streams_per_caller: int) -> None:
+        super().__init__()
         self.max_stream_messages = max_stream_messages
         self.max_streams_per_caller = max_streams_per_caller
         self.open_streams: Counter[str] = Counter()

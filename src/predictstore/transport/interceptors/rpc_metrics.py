@@ -44,6 +44,7 @@ class RpcMetricsInterceptor(HandlerInterceptor):
     """Records ``rpc.server.duration`` (ms) for every call."""
 
     def __init__(self) -> None:
+        super().__init__()
         meter = metrics.get_meter(METER_NAME, __version__)
         self.duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Duration of inbound RPCs"

@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -27,9 +27,9 @@ from predictstore.transport.servicers.prediction_batch import BatchWriter
 from predictstore.transport.wire.convert import (
     optional_datetime,
     prediction_from_proto,
-    prediction_to_proto,
 )
-from predictstore.transport.wire.frames import framed
+from predictstore.transport.wire.frames import byte_frames
+from predictstore.transport.wire.prediction_wire import prediction_bytes, repeated, varint
 from predictstore.v1 import common_pb2, prediction_service_pb2_grpc
 from predictstore.v1 import prediction_service_pb2 as pb
 
@@ -56,6 +56,11 @@ async def _read_ahead(request_iterator: AsyncIterator[Any], queue: asyncio.Queue
         await queue.put(exc)
         return
     await queue.put(_END)
+
+
+def _text_field(tag: bytes, value: str) -> bytes:
+    data = value.encode()
+    return tag + varint(len(data)) + data
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -91,7 +96,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if not prediction.prediction_id:
             prediction = replace(prediction, prediction_id=_new_id())
         stored, created = await self.store.create(prediction)
-        return pb.CreatePredictionResponse(prediction=prediction_to_proto(stored), created=created)
+        # parsed in C from bytes written in one pass (prediction_wire)
+        data = repeated(b"\x0a", [prediction_bytes(stored)])
+        return pb.CreatePredictionResponse.FromString(data + (b"\x10\x01" if created else b""))
 
     async def BatchCreatePredictions(
         self,
@@ -124,7 +131,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         prediction = await self.store.get(pid)
         if prediction is None:
             raise NotFound(f"prediction {echo(pid)!r} not found")
-        return pb.GetPredictionResponse(prediction=prediction_to_proto(prediction))
+        data = repeated(b"\x0a", [prediction_bytes(prediction)])
+        return pb.GetPredictionResponse.FromString(data)
 
     async def DeletePrediction(
         self, request: pb.DeletePredictionRequest, context: grpc.aio.ServicerContext
@@ -160,18 +168,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if request.resume_token:
             after = resume.decode_key(request.resume_token, query, datetime.fromisoformat, str)
 
-        def frame(items: list[pb.Prediction]) -> pb.ListPredictionsResponse:
-            last = items[-1]
-            token = resume.encode(
-                query, [last.create_time.ToDatetime(tzinfo=UTC).isoformat(), last.prediction_id]
-            )
-            return pb.ListPredictionsResponse(predictions=items, resume_token=token)
-
-        async for response in framed(
+        async for items, last in byte_frames(
             self.reads.stream(flt, after, self.frame_max_items),
-            prediction_to_proto,
-            frame,
+            prediction_bytes,
             self.frame_max_items,
             self.frame_max_bytes,
         ):
-            yield response
+            assert last.create_time is not None  # stored predictions have one
+            token = resume.encode(query, [last.create_time.isoformat(), last.prediction_id])
+            # the frame's bytes parsed once in C: no Python wrapper per prediction
+            yield pb.ListPredictionsResponse.FromString(
+                repeated(b"\x0a", items) + _text_field(b"\x12", token)
+            )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from predictstore.domain.predictions import Forecast, Prediction, PredictionRow
 from predictstore.errors import FieldViolation, InvalidArgument
@@ -44,14 +45,14 @@ def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def struct_to_dict(value: struct_pb2.Struct, field: str = "") -> dict[str, Any]:
-    """A Struct as a JSON object. NaN and infinities have no JSON form: InvalidArgument
-    naming ``field``."""
-    try:
-        result: dict[str, Any] = json_format.MessageToDict(value)
-    except ValueError as exc:
-        raise InvalidArgument(
-            [FieldViolation(field, "must not contain NaN or infinite numbers")]
-        ) from exc
+    """A Struct as a JSON object, what json_format.MessageToDict gives. NaN and
+    infinities have no JSON form: InvalidArgument naming ``field``.
+
+    Read through struct_json's text and json.loads (C): MessageToDict walks the Struct
+    through a Python wrapper per value, about 20 us for a small payload, twice per
+    CreatePrediction.
+    """
+    result: dict[str, Any] = json.loads(struct_text(value, field))
     return result
 
 

@@ -80,3 +80,26 @@ async def keyed_frames(
                 del positions[id(item)]
     if items := builder.flush():
         yield items, positions[id(items[-1])]
+
+
+async def byte_frames(
+    batches: AsyncIterator[list[T]], encode: Callable[[T], bytes], max_items: int, max_bytes: int
+) -> AsyncIterator[tuple[list[bytes], T]]:
+    """framed for items encoded straight to wire bytes (see prediction_wire): bounded
+    frames of the encoded items, each with the last row it holds, from which a resume
+    token is made. The same bounds as FrameBuilder, measured on the bytes themselves."""
+    items: list[bytes] = []
+    size = 0
+    last: T | None = None
+    async for rows in batches:
+        for row in rows:
+            data = encode(row)
+            n = len(data) + ITEM_OVERHEAD
+            if items and (len(items) >= max_items or size + n > max_bytes):
+                yield items, last  # type: ignore[misc]
+                items, size = [], 0
+            items.append(data)
+            size += n
+            last = row
+    if items:
+        yield items, last  # type: ignore[misc]
