@@ -105,6 +105,7 @@ async def test_listings_read_the_standby_and_lookups_the_primary(
 
 
 async def _routing(pair: Pair, predictions: PredictionServiceStub, admin: AdminServiceStub) -> None:
+    await _until(lambda: _serving(admin, True), "the standby serves reads")
     await predictions.CreatePrediction(_prediction("routing-before"))
     await _until(lambda: _has(predictions, "routing-before"), "the standby replays the first")
     assert (await _replica(admin)).serving_reads
