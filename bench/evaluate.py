@@ -77,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import cpu_seconds
 from read import bench_database, free_port, serve, wait_serving
 
+from predictstore.storage import invalidation
 from predictstore.storage.database import read_storage_mode
 from predictstore.storage.predictions import BULK_COLUMNS
 from predictstore.v1 import admin_service_pb2 as admin_pb
@@ -1065,7 +1066,12 @@ async def evaluate(stub: EvaluationServiceStub, what: Range) -> tuple[float, dic
 
 
 async def dirty_marks(url: str) -> int:
-    count: int = await sql(url, "SELECT count(*) FROM evaluation_dirty")
+    """Dirty marks plus pending outcomes: what the refresher has left to do."""
+    count: int = await sql(
+        url,
+        "SELECT (SELECT count(*) FROM evaluation_dirty)"
+        f" + (SELECT count(*) FROM ({invalidation.PENDING_OUTCOME_IDS}) AS o)",
+    )
     return count
 
 
@@ -1248,7 +1254,7 @@ class Run:
         """One checked evaluation with the dirty cells as they are; milliseconds."""
         pending = await dirty_marks(self.db)
         seconds, answer = await evaluate(stub, self.target)
-        log(f"EvaluateModels, {pending:,} dirty marks pending: {seconds * 1000:,.0f} ms")
+        log(f"EvaluateModels, {pending:,} marks and outcomes pending: {seconds * 1000:,.0f} ms")
         self.check(f"{what} vs NumPy", answer, self.reference())
         return seconds * 1000
 

@@ -229,9 +229,9 @@ class Settings(BaseSettings):
     evaluation_refresh_interval_s: float = Field(
         default=5.0,
         ge=0,
-        description="How often dirty evaluation cells are recomputed into the rollup; 0: only "
-        "by AdminService.RunMaintenance. Answers are exact either way; fresh rollups are "
-        "cheaper to read.",
+        description="How often pending outcomes are resolved and dirty evaluation cells "
+        "recomputed into the rollup; 0: only by AdminService.RunMaintenance. Answers are "
+        "exact either way; fresh rollups are cheaper to read.",
     )
     evaluation_refresh_batch_cells: int = Field(
         default=500, ge=1, description="Dirty evaluation cells one refresh transaction recomputes."

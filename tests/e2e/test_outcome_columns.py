@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+from predictstore.storage import invalidation
 from predictstore.storage.database import Database
 from predictstore.transport.servicers.outcomes import BULK_CHUNK
 from predictstore.v1 import evaluation_service_pb2 as pb
@@ -99,7 +100,11 @@ async def test_columns_create_then_unchanged_then_corrected(
         times=[OBSERVED_US, OBSERVED_US, OBSERVED_US + 1],
         metadata=['{"source": "meter", "n": 1}', "", ""],
     )
+    # as if refreshed: no mark left, every outcome so far resolved
     await db.pool.execute("DELETE FROM evaluation_dirty")
+    await db.pool.execute(
+        "UPDATE evaluation_outcome_watermark SET resolved_below = pg_current_xact_id()"
+    )
     third = await evaluation.BatchRecordOutcomes(
         stream_of(pb.BatchRecordOutcomesRequest(columns=changed))
     )
@@ -107,8 +112,11 @@ async def test_columns_create_then_unchanged_then_corrected(
     assert (await record(evaluation, outcome("b", None, label="stayed"))).result == (
         pb.OUTCOME_WRITE_UNCHANGED
     )
-    # the correction marked the cells of the stored prediction "b" dirty
-    assert await db.pool.fetchval("SELECT count(*) FROM evaluation_dirty") > 0
+    # the corrections are pending: a read takes the cells of the stored prediction "b"
+    # from the raw rows until the refresher resolves them
+    pending = await db.pool.fetch(invalidation.PENDING_OUTCOME_IDS)
+    assert sorted(r["prediction_id"] for r in pending) == ["b", "c"]
+    assert await db.pool.fetchval(f"SELECT count(*) FROM ({invalidation.PENDING_OUTCOME_CELLS}) p")
 
 
 async def test_column_rejections_name_the_item_by_stream_index(

@@ -1,5 +1,7 @@
-"""The invalidation log against a real database: every kind of write leaves the dirty
-marks of the cells it changed, and only with the write (same transaction)."""
+"""The invalidation log against a real database: every kind of write leaves the cells it
+changed stale (marked dirty, or pending from an outcome write), and only with the write
+(same transaction); the refresher resolves pending outcomes without passing a writer
+that has not committed."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from predictstore.domain.feedback import Feedback
 from predictstore.domain.outcomes import Outcome, OutcomeWrite
 from predictstore.domain.predictions import Forecast, Prediction
 from predictstore.errors import InvalidArgument
+from predictstore.storage import invalidation
 from predictstore.storage.database import Database
+from predictstore.storage.evaluation import EvaluationStore
 from predictstore.storage.feedback import FeedbackStore
 from predictstore.storage.outcomes import OutcomeStore
 from predictstore.storage.predictions import PredictionStore
@@ -41,10 +45,19 @@ def hour(t: datetime) -> datetime:
 
 
 async def marks(db: Database) -> set[Mark]:
+    """The stale cells: marked dirty, or the cells of pending outcomes (what a read takes
+    from the raw rows)."""
     rows = await db.pool.fetch(
-        "SELECT model_name, model_version, basis, hour FROM evaluation_dirty"
+        "SELECT model_name, model_version, basis, hour FROM evaluation_dirty UNION "
+        f"SELECT * FROM ({invalidation.PENDING_OUTCOME_CELLS}) AS p"
     )
     return {(r[0], r[1], r[2], r[3].astimezone(UTC)) for r in rows}
+
+
+async def pending(db: Database) -> int:
+    return int(
+        await db.pool.fetchval(f"SELECT count(*) FROM ({invalidation.PENDING_OUTCOME_IDS}) o")
+    )
 
 
 async def cells(db: Database, *ids: str) -> set[Mark]:
@@ -62,7 +75,11 @@ async def cells(db: Database, *ids: str) -> set[Mark]:
 
 
 async def clear(db: Database) -> None:
+    """As if refreshed: no mark left, every outcome so far resolved."""
     await db.pool.execute("DELETE FROM evaluation_dirty")
+    await db.pool.execute(
+        "UPDATE evaluation_outcome_watermark SET resolved_below = pg_current_xact_id()"
+    )
 
 
 def outcome(pid: str, value: float = 11.0) -> Outcome:
@@ -194,14 +211,78 @@ async def test_writes_whose_marks_fail_are_not_stored(db: Database) -> None:
     with pytest.raises(InvalidArgument):
         await PredictionStore(db).create_many([prediction("poison-3", model="poison")])
     with pytest.raises(InvalidArgument):
-        await OutcomeStore(db).record(outcome("poison"))
-    with pytest.raises(InvalidArgument):
-        await OutcomeStore(db).record_many([outcome("poison")])
-    with pytest.raises(InvalidArgument):
         await FeedbackStore(db).submit(Feedback("poison", "u1", rating=1))
     assert await db.pool.fetchval("SELECT count(*) FROM predictions") == 1
-    assert await db.pool.fetchval("SELECT count(*) FROM outcomes") == 0
     assert await db.pool.fetchval("SELECT count(*) FROM feedback") == 0
+
+
+async def test_a_refresh_whose_marks_fail_leaves_the_outcomes_pending(db: Database) -> None:
+    """Resolving pending outcomes and moving the watermark is one transaction with the
+    refresh: a mark that cannot be written leaves the outcome pending, not lost."""
+    await PredictionStore(db).create(prediction("poison", model="poison"))
+    await clear(db)
+    await OutcomeStore(db).record(outcome("poison"))
+    expected = await cells(db, "poison")
+    await db.pool.execute(
+        "ALTER TABLE evaluation_dirty ADD CONSTRAINT test_no_poison CHECK (model_name <> 'poison')"
+        " NOT VALID"
+    )
+    with pytest.raises(InvalidArgument):
+        await EvaluationStore(db).refresh()
+    assert await pending(db) == 1
+    assert await marks(db) == expected
+    await db.pool.execute("ALTER TABLE evaluation_dirty DROP CONSTRAINT test_no_poison")
+    await EvaluationStore(db).refresh()
+    assert (await pending(db), await marks(db)) == (0, set())
+
+
+async def test_the_watermark_never_passes_a_writer_that_has_not_committed(db: Database) -> None:
+    """An outcome written by a transaction that commits only after a refresh looked is
+    still pending when it becomes visible, and the next refresh resolves it."""
+    await PredictionStore(db).create_many([prediction("early"), prediction("slow", version="2")])
+    await clear(db)
+    await OutcomeStore(db).record(outcome("early"))
+    async with db.pool.acquire() as writer:
+        transaction = writer.transaction()
+        await transaction.start()
+        await writer.execute(
+            "INSERT INTO outcomes (prediction_id, observed_value, observe_time)"
+            " VALUES ('slow', 1.0, now())"
+        )
+        result = await EvaluationStore(db).refresh()
+        assert result.ran
+        assert await pending(db) == 0  # "early" resolved, "slow" not visible yet
+        await transaction.commit()
+    assert await pending(db) == 1
+    assert await marks(db) == await cells(db, "slow")
+    await EvaluationStore(db).refresh()
+    assert (await pending(db), await marks(db)) == (0, set())
+
+
+async def test_a_refresh_resolves_pending_outcomes_in_batches_ending_between_writers(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of pending outcomes takes the rest of its last writer's outcomes too, so
+    the watermark can move past that writer whatever the batch size."""
+    from predictstore.storage import evaluation
+
+    monkeypatch.setattr(evaluation, "RESOLVE_BATCH_OUTCOMES", 2)
+    ids = [f"b{i}" for i in range(5)]
+    await PredictionStore(db).create_many([prediction(pid, version=pid) for pid in ids])
+    await clear(db)
+    store = OutcomeStore(db)
+    await store.record_many([outcome(pid) for pid in ids[:3]])  # one writer, 3 outcomes
+    await store.record(outcome(ids[3]))
+    await store.record(outcome(ids[4]))
+    expected = await cells(db, *ids)
+    assert await marks(db) == expected
+    async with db.pool.acquire() as conn, conn.transaction():
+        assert await invalidation.resolve_outcomes(conn, 2) == 3
+    assert await pending(db) == 2
+    assert await marks(db) == expected  # resolved ones are marked now
+    result = await EvaluationStore(db).refresh()
+    assert result.complete
+    assert (await pending(db), await marks(db)) == (0, set())
 
 
 async def test_a_bulk_record_racing_another_writer_on_a_fresh_id_settles_each_id(

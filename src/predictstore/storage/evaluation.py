@@ -3,10 +3,11 @@
 A cell is (model name, version, basis, UTC hour, prediction type). AGGREGATOR turns the
 predictions of a set of cells, joined with their outcomes and feedback, into the cells'
 sums (evaluation_rollup), per-label counts (_labels) and calibration bins (_bins). The
-refresher runs it over dirty cells and stores the result; a read runs the very same SQL
-live over the dirty cells of its range and adds the rollup rows of the clean ones, in
-one REPEATABLE READ snapshot, so every answer equals a computation from the raw rows
-whether or not the refresher has caught up.
+refresher resolves pending outcomes into dirty marks (storage.invalidation), runs it over
+dirty cells and stores the result; a read runs the very same SQL live over the stale
+cells of its range (marked, or those of pending outcomes) and adds the rollup rows of
+the clean ones, in one REPEATABLE READ snapshot, so every answer equals a computation
+from the raw rows whether or not the refresher has caught up.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from typing import Any
 import asyncpg
 
 from predictstore.domain.evaluation import BIN_COUNT, LOG_LOSS_EPSILON, Sums
+from predictstore.storage import invalidation
 from predictstore.storage.database import Database, Params, translate_errors
 
 log = logging.getLogger(__name__)
 
 CREATE_TIME, TARGET_TIME = 1, 2
+
+# Pending outcomes a refresh batch resolves into marks (plus the rest of the last
+# writer's: at most one bulk write group more).
+RESOLVE_BATCH_OUTCOMES = 20_000
 
 # Sums that add up across cells, in evaluation_rollup's order.
 ADDITIVE = (
@@ -352,6 +358,19 @@ def day_scope(targets: Sequence[tuple[str, str, datetime]]) -> Scope:
     )
 
 
+def stale_cells(where: Callable[[str], str]) -> str:
+    """The cells a read must take from the raw rows, as a query with the columns
+    model_name, model_version, basis, hour, filtered by ``where``: the marked ones and
+    those of the pending outcomes (storage.invalidation), in the read's snapshot."""
+    cols = "d.model_name, d.model_version, d.basis, d.hour"
+    # the pending cells come out in collation "C": made the default again for the union
+    pending = 'd.model_name COLLATE "default", d.model_version COLLATE "default", d.basis, d.hour'
+    return (
+        f"SELECT {cols} FROM evaluation_dirty d{where('d')}"
+        f" UNION SELECT {pending} FROM ({invalidation.PENDING_OUTCOME_CELLS}) d{where('d')}"
+    )
+
+
 def _not_dirty(a: str) -> str:
     return (
         " AND NOT EXISTS (SELECT 1 FROM cells c WHERE c.model_name = "
@@ -385,9 +404,7 @@ def evaluation_sql(scope: Scope) -> str:
     )
     bin_arrays = ", ".join(f"array_agg({c} ORDER BY bin) AS bin_{c}" for c in ("bin", *BIN_COLUMNS))
     return f"""
-WITH cells AS (
-    SELECT d.model_name, d.model_version, d.basis, d.hour FROM evaluation_dirty d{scope.where("d")}
-),
+WITH cells AS ({stale_cells(scope.where)}),
 {AGGREGATOR},
 m_src AS ({source("evaluation_rollup", "agg_main", ROLLUP_COLUMNS)}),
 m_b AS (
@@ -478,10 +495,7 @@ def _models_sql(model_name: str, after: tuple[str, str] | None) -> tuple[str, li
     cols = "model_name, model_version, hour, predictions, matched, first_create_time, "
     cols += "last_create_time"
     sql = f"""
-WITH cells AS (
-    SELECT d.model_name, d.model_version, d.basis, d.hour
-    FROM evaluation_dirty d{where.format(a="d")}
-),
+WITH cells AS ({stale_cells(lambda a: where.format(a=a))}),
 {AGGREGATOR},
 src AS (
     SELECT {cols} FROM evaluation_rollup r{where.format(a="r")}{_not_dirty("r")}
@@ -554,16 +568,20 @@ class EvaluationStore:
 
     # -- refresh ------------------------------------------------------------------------
 
-    async def refresh_batch(self, max_marks: int = 500) -> int | None:
-        """Recomputes one batch of dirty cells; the number of marks taken, or None when
-        another refresher holds the lock. One transaction: marks deleted, the cells'
-        rollup rows deleted and recomputed, so readers see old or new, never a gap."""
+    async def refresh_batch(self, max_marks: int = 500) -> tuple[int, bool] | None:
+        """Recomputes one batch of dirty cells: (the number of marks taken, whether
+        pending outcomes are left to resolve), or None when another refresher holds the
+        lock. One transaction: pending outcomes resolved into marks, marks deleted, the
+        cells' rollup rows deleted and recomputed, so readers see old or new, never a
+        gap."""
         async with self.db.connection() as conn, conn.transaction():
             if not await conn.fetchval(TRY_REFRESH_LOCK):
                 return None
+            resolved = await invalidation.resolve_outcomes(conn, RESOLVE_BATCH_OUTCOMES)
+            more = resolved >= RESOLVE_BATCH_OUTCOMES
             marks = await conn.fetch(TAKE_DIRTY_MARKS, max_marks)
             if not marks:
-                return 0
+                return 0, more
             arrays = [
                 [m["model_name"] for m in marks],
                 [m["model_version"] for m in marks],
@@ -573,17 +591,19 @@ class EvaluationStore:
             for statement in DELETE_ROLLUP_CELLS:
                 await conn.execute(statement, *arrays)
             await conn.execute(INSERT_CELLS, *arrays)
-            return len(marks)
+            return len(marks), more
 
     async def refresh(self, *, max_marks: int = 500, max_batches: int = 100) -> RefreshResult:
-        """Refreshes dirty cells batch after batch until none is left (or max_batches)."""
+        """Refreshes dirty cells batch after batch until none is left and no outcome is
+        pending (or max_batches)."""
         cells = 0
         for _ in range(max_batches):
-            taken = await self.refresh_batch(max_marks)
-            if taken is None:
+            batch = await self.refresh_batch(max_marks)
+            if batch is None:
                 return RefreshResult(ran=cells > 0, cells=cells, complete=cells == 0)
+            taken, more = batch
             cells += taken
-            if taken < max_marks:
+            if taken < max_marks and not more:
                 return RefreshResult(ran=True, cells=cells, complete=True)
         return RefreshResult(ran=True, cells=cells, complete=False)
 

@@ -14,6 +14,15 @@ deadlock.
 
 Most writers wrap their own statement (a data-modifying CTE): the mark costs no round
 trip and cannot be committed without the write, nor the write without the mark.
+
+Outcome writes are the exception (migration 0012): an outcome names only its prediction's
+id, so marking its cells means looking the prediction up, which cost several times the
+COPY of the outcomes. An outcome row instead records the transaction that wrote it
+(``write_xid``), and the outcomes of transactions at or above the watermark
+(``evaluation_outcome_watermark``) are pending: PENDING_OUTCOME_CELLS resolves them to
+cells, which a read treats as marked and the refresher turns into marks (RESOLVE_OUTCOMES).
+The watermark only moves up to the oldest transaction still running when the refresher
+looked, so an outcome committed late is still pending when it becomes visible.
 """
 
 from __future__ import annotations
@@ -24,18 +33,27 @@ from datetime import datetime, tzinfo
 import asyncpg
 
 
-def insert_marks(source: str) -> str:
-    """An INSERT of the marks of the predictions ``source`` selects: a query with the
-    columns model_name, model_version, create_time and target_time."""
+def cells_of(source: str) -> str:
+    """The distinct cells (model_name, model_version, basis, hour) of the predictions
+    ``source`` selects: a query with the columns model_name, model_version, create_time
+    and target_time."""
     return f"""
-INSERT INTO evaluation_dirty (model_name, model_version, basis, hour)
-SELECT DISTINCT p.model_name COLLATE "C", p.model_version COLLATE "C", c.basis, c.hour
+SELECT DISTINCT p.model_name COLLATE "C" AS model_name,
+       p.model_version COLLATE "C" AS model_version, c.basis, c.hour
 FROM ({source}) AS p
 CROSS JOIN LATERAL (
     VALUES (1::smallint, date_trunc('hour', p.create_time, 'UTC')),
            (2::smallint, date_trunc('hour', p.target_time, 'UTC'))
 ) AS c (basis, hour)
 WHERE c.hour IS NOT NULL
+"""
+
+
+def insert_marks(source: str) -> str:
+    """An INSERT of the marks of the predictions ``source`` selects (as cells_of)."""
+    return f"""
+INSERT INTO evaluation_dirty (model_name, model_version, basis, hour)
+{cells_of(source)}
 ORDER BY 1, 2, 3, 4
 ON CONFLICT DO NOTHING
 """
@@ -58,19 +76,55 @@ FROM predictstore_predictions_by_id({ids})
 """
 
 
-# Marks the cells of the stored predictions among the ids $1; returns the other ids (one
-# array, usually empty: a row per id found would cost more to send than to look up).
-MARK_STORED_PREDICTIONS = f"""
-WITH p AS ({stored_predictions("$1::text[]")}), marked AS ({insert_marks("SELECT * FROM p")})
-SELECT ARRAY(SELECT i FROM unnest($1::text[]) AS i
-             WHERE i NOT IN (SELECT prediction_id FROM p)) AS missing
+# The ids among $1 of no stored prediction: primary key probes of prediction_ids only,
+# which claims exactly the ids of stored predictions (one array, usually empty).
+MISSING_PREDICTIONS = """
+SELECT ARRAY(SELECT unnest($1::text[])
+             EXCEPT ALL SELECT prediction_id FROM prediction_ids
+             WHERE prediction_id = ANY ($1::text[])) AS missing
 """
 
-# The ids among $1 of no stored prediction (for outcomes that mark nothing: unchanged).
-MISSING_PREDICTIONS = f"""
-WITH p AS ({stored_predictions("$1::text[]")})
-SELECT ARRAY(SELECT i FROM unnest($1::text[]) AS i
-             WHERE i NOT IN (SELECT prediction_id FROM p)) AS missing
+# The ids of the pending outcomes (see the module docstring).
+PENDING_OUTCOME_IDS = """
+SELECT o.prediction_id FROM outcomes AS o
+WHERE o.write_xid >= (SELECT resolved_below FROM evaluation_outcome_watermark)
+"""
+
+# The cells of the stored predictions of the pending outcomes.
+PENDING_OUTCOME_CELLS = cells_of(stored_predictions(f"ARRAY({PENDING_OUTCOME_IDS})"))
+
+# The oldest transaction still running: every transaction below it has ended.
+OLDEST_RUNNING = "SELECT pg_snapshot_xmin(pg_current_snapshot())"
+
+# Resolves at most $1 pending outcomes, oldest writer first, into marks, with every
+# other outcome of the last writer taken (so the batch ends between two writers), and
+# moves the watermark past them: to $2 (OLDEST_RUNNING, read by an earlier statement,
+# so this one sees every transaction below it ended) when the batch took every pending
+# outcome, else to just past the batch's last writer, and never beyond $2. Returns how
+# many outcomes it took.
+RESOLVE_OUTCOMES = f"""
+WITH first AS (
+    SELECT o.prediction_id, o.write_xid FROM outcomes AS o
+    WHERE o.write_xid >= (SELECT resolved_below FROM evaluation_outcome_watermark)
+    ORDER BY o.write_xid LIMIT $1
+), last AS (
+    SELECT max(write_xid) AS xid, count(*) AS taken FROM first
+), batch AS (
+    SELECT prediction_id FROM first
+    UNION
+    SELECT o.prediction_id FROM outcomes AS o, last
+    WHERE last.taken = $1 AND o.write_xid = last.xid
+), p AS ({stored_predictions("ARRAY(SELECT prediction_id FROM batch)")}),
+marked AS ({insert_marks("SELECT * FROM p")}),
+moved AS (
+    UPDATE evaluation_outcome_watermark
+    SET resolved_below = CASE
+        WHEN (SELECT taken FROM last) < $1 THEN $2::xid8
+        ELSE least($2::xid8, ((SELECT xid FROM last)::text::bigint + 1)::text::xid8)
+    END
+    RETURNING resolved_below
+)
+SELECT (SELECT count(*) FROM batch) AS taken, (SELECT count(*) FROM moved) AS moved
 """
 
 
@@ -156,16 +210,17 @@ async def mark_copied_predictions(
     await conn.execute(MARK_COPIED_PREDICTIONS, list(names), list(versions), list(hours))
 
 
-async def mark_stored_predictions(conn: asyncpg.Connection, ids: Sequence[str]) -> set[str]:
-    """Mark the cells of the predictions among ``ids`` that are stored; returns their ids."""
-    if not ids:
-        return set()
-    missing = await conn.fetchval(MARK_STORED_PREDICTIONS, list(ids))
-    return set(ids).difference(missing)
-
-
 async def missing_predictions(conn: asyncpg.Connection, ids: Sequence[str]) -> set[str]:
-    """The ids among ``ids`` of no stored prediction; marks nothing."""
+    """The ids among ``ids`` (distinct) of no stored prediction."""
     if not ids:
         return set()
     return set(await conn.fetchval(MISSING_PREDICTIONS, list(ids)))
+
+
+async def resolve_outcomes(conn: asyncpg.Connection, max_outcomes: int) -> int:
+    """Turn up to ``max_outcomes`` pending outcomes (plus the rest of the last writer's)
+    into marks and move the watermark past them, in the caller's transaction; returns
+    how many were taken. The caller holds the refresher's lock: one mover at a time."""
+    oldest_running = await conn.fetchval(OLDEST_RUNNING)
+    row = await conn.fetchrow(RESOLVE_OUTCOMES, max_outcomes, oldest_running)
+    return int(row["taken"])

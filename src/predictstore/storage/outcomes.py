@@ -1,12 +1,13 @@
-"""The outcomes table: idempotent records, corrections, bulk loads, and dirty marks.
+"""The outcomes table: idempotent records, corrections, bulk loads.
+
+An outcome write does not look its prediction up to mark the prediction's evaluation
+cells dirty: each row records the transaction that wrote it (``write_xid``, a column
+default, so COPY fills it), which makes it pending until the refresher resolves it to
+marks, and a read resolves pending outcomes live (storage.invalidation). So a bulk write
+is a COPY, plus one probe of prediction_ids for the reply's unmatched count.
 
 An outcome may arrive before its prediction. It is stored all the same (unmatched) and
 joined when the prediction arrives: the prediction's own write marks its cells then.
-Between the two writers there is one race: the outcome's transaction does not see a
-prediction committed after its marking statement, and a refresher consuming that
-prediction's marks before the outcome commits does not see the outcome. So an outcome
-found unmatched is checked again right after its commit; whichever way the two commits
-fall, one of the writers then sees the other and the cell is marked.
 """
 
 from __future__ import annotations
@@ -53,48 +54,39 @@ LOCK_OUTCOME = f"SELECT {COLUMNS} FROM outcomes WHERE prediction_id = $1 FOR UPD
 REPLACE_OUTCOME = f"""
 UPDATE outcomes
 SET observed_value = $2, observed_label = $3, observe_time = $4, metadata = $5,
-    record_time = now()
+    record_time = now(), write_xid = pg_current_xact_id()
 WHERE prediction_id = $1
   AND (observed_value, observed_label, observe_time, metadata)
       IS DISTINCT FROM ($2::float8, $3::text, $4::timestamptz, $5::jsonb)
 RETURNING {COLUMNS}
 """
 
-# Whether a prediction is stored (an unchanged outcome marks nothing, but says matched).
-PREDICTION_STORED = f"SELECT EXISTS ({invalidation.stored_predictions('ARRAY[$1::text]')})"
-
 # The stored outcomes among the ids $1: a bulk record copies the other ids' items
 # straight into outcomes and compares these with theirs.
 SELECT_OUTCOMES = f"SELECT {COLUMNS} FROM outcomes WHERE prediction_id = ANY ($1::text[])"
 
 # Upserts the outcomes given as columns ($1 ids .. $5 metadata as JSON text): new ones
-# inserted, different ones replaced, identical ones left alone (in id order, so that
-# concurrent writers lock rows in one order); marks the cells of the stored predictions
-# of the rows written. Returns each row written, whether it was created, and whether its
-# prediction is stored.
+# inserted, different ones replaced (and pending again), identical ones left alone (in
+# id order, so that concurrent writers lock rows in one order). Returns each row
+# written and whether it was created.
 UPSERT_OUTCOMES = f"""
-WITH written AS (
-    INSERT INTO outcomes AS o ({COLUMNS})
-    SELECT i.prediction_id, i.observed_value, i.observed_label, i.observe_time,
-           i.metadata::jsonb, now()
-    FROM unnest($1::text[], $2::float8[], $3::text[], $4::timestamptz[], $5::text[])
-         AS i (prediction_id, observed_value, observed_label, observe_time, metadata)
-    ORDER BY i.prediction_id
-    ON CONFLICT (prediction_id) DO UPDATE
-    SET observed_value = EXCLUDED.observed_value,
-        observed_label = EXCLUDED.observed_label,
-        observe_time = EXCLUDED.observe_time,
-        metadata = EXCLUDED.metadata,
-        record_time = EXCLUDED.record_time
-    WHERE (o.observed_value, o.observed_label, o.observe_time, o.metadata)
-          IS DISTINCT FROM (EXCLUDED.observed_value, EXCLUDED.observed_label,
-                            EXCLUDED.observe_time, EXCLUDED.metadata)
-    RETURNING o.prediction_id, (o.xmax = 0) AS created
-), matched AS (
-    {invalidation.stored_predictions("ARRAY(SELECT prediction_id FROM written)")}
-), marked AS ({invalidation.insert_marks("SELECT * FROM matched")})
-SELECT w.prediction_id, w.created, m.prediction_id IS NOT NULL AS matched
-FROM written AS w LEFT JOIN matched AS m USING (prediction_id)
+INSERT INTO outcomes AS o ({COLUMNS})
+SELECT i.prediction_id, i.observed_value, i.observed_label, i.observe_time,
+       i.metadata::jsonb, now()
+FROM unnest($1::text[], $2::float8[], $3::text[], $4::timestamptz[], $5::text[])
+     AS i (prediction_id, observed_value, observed_label, observe_time, metadata)
+ORDER BY i.prediction_id
+ON CONFLICT (prediction_id) DO UPDATE
+SET observed_value = EXCLUDED.observed_value,
+    observed_label = EXCLUDED.observed_label,
+    observe_time = EXCLUDED.observe_time,
+    metadata = EXCLUDED.metadata,
+    record_time = EXCLUDED.record_time,
+    write_xid = pg_current_xact_id()
+WHERE (o.observed_value, o.observed_label, o.observe_time, o.metadata)
+      IS DISTINCT FROM (EXCLUDED.observed_value, EXCLUDED.observed_label,
+                        EXCLUDED.observe_time, EXCLUDED.metadata)
+RETURNING o.prediction_id, (o.xmax = 0) AS created
 """
 
 # Attempts of a column write undone by a deadlock with a concurrent one.
@@ -314,30 +306,21 @@ class OutcomeStore:
         """Store ``o``: created, unchanged (the same outcome again) or corrected (another
         one replaced, which is returned as ``previous``)."""
         previous = None
-        async with self.db.connection() as conn:
-            async with conn.transaction():
-                row = await conn.fetchrow(INSERT_OUTCOME, *_values(o))
-                if row is not None:
-                    result = OutcomeWrite.CREATED
+        async with self.db.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(INSERT_OUTCOME, *_values(o))
+            if row is not None:
+                result = OutcomeWrite.CREATED
+            else:
+                stored = await conn.fetchrow(LOCK_OUTCOME, o.prediction_id)
+                if stored is None:  # expired between the two statements
+                    raise Unavailable("the outcome changed concurrently; retry")
+                row = await conn.fetchrow(REPLACE_OUTCOME, *_values(o))
+                if row is None:
+                    result, row = OutcomeWrite.UNCHANGED, stored
                 else:
-                    stored = await conn.fetchrow(LOCK_OUTCOME, o.prediction_id)
-                    if stored is None:  # expired between the two statements
-                        raise Unavailable("the outcome changed concurrently; retry")
-                    row = await conn.fetchrow(REPLACE_OUTCOME, *_values(o))
-                    if row is None:
-                        result, row = OutcomeWrite.UNCHANGED, stored
-                    else:
-                        result, previous = OutcomeWrite.CORRECTED, _row_to_outcome(stored)
-                if result is OutcomeWrite.UNCHANGED:
-                    matched = bool(await conn.fetchval(PREDICTION_STORED, o.prediction_id))
-                else:
-                    ids = [o.prediction_id]
-                    matched = bool(await invalidation.mark_stored_predictions(conn, ids))
-            if not matched and result is not OutcomeWrite.UNCHANGED:
-                # after the commit: see the module docstring
-                ids = [o.prediction_id]
-                matched = bool(await invalidation.mark_stored_predictions(conn, ids))
-        return RecordedOutcome(_row_to_outcome(row), result, matched, previous)
+                    result, previous = OutcomeWrite.CORRECTED, _row_to_outcome(stored)
+            missing = await invalidation.missing_predictions(conn, [o.prediction_id])
+        return RecordedOutcome(_row_to_outcome(row), result, not missing, previous)
 
     async def record_many(self, items: Sequence[Outcome]) -> BulkOutcomes:
         """Store ``items`` (distinct prediction ids) at the speed of COPY.
@@ -346,8 +329,7 @@ class OutcomeStore:
         copied straight into outcomes (binary COPY: no staging table, no per-row
         conflict check); items identical to the stored outcome are unchanged as of that
         read and write nothing; the rest go through one upsert that only replaces rows
-        whose content differs, which tells created from corrected. Dirty marks are
-        inserted for the rows written only, in the same transaction.
+        whose content differs, which tells created from corrected.
 
         An outcome stored by another writer between the read and the COPY fails the
         COPY on the primary key, which undoes the whole transaction; the items are then
@@ -357,8 +339,9 @@ class OutcomeStore:
         result = BulkOutcomes()
         if not items:
             return result
+        ids = [o.prediction_id for o in items]
         async with self.db.connection() as conn:
-            found = await conn.fetch(SELECT_OUTCOMES, [o.prediction_id for o in items])
+            found = await conn.fetch(SELECT_OUTCOMES, ids)
             stored = {r["prediction_id"]: r for r in found}
             fresh: list[Outcome] = []
             changed: list[Outcome] = []
@@ -369,27 +352,20 @@ class OutcomeStore:
                 elif not _is_stored(o, row):
                     changed.append(o)
             try:
-                written = await self._write(conn, fresh, changed)
+                created = await self._write(conn, fresh, changed)
             except asyncpg.UniqueViolationError:
                 # another writer stored one of the fresh ids since the read
-                written = await self._write(conn, [], items)
-            result.created = sum(1 for w in written.values() if w[0])
-            result.corrected = len(written) - result.created
-            result.unchanged = len(items) - len(written)
-            unmatched = {pid for pid, w in written.items() if not w[1]}
-            if unmatched:
-                # after the commit: see the module docstring
-                unmatched -= await invalidation.mark_stored_predictions(conn, sorted(unmatched))
-            left = [o.prediction_id for o in items if o.prediction_id not in written]
-            if left:
-                unmatched |= await invalidation.missing_predictions(conn, left)
-        result.unmatched = unmatched
+                created = await self._write(conn, [], items)
+            result.created = created.count(True)
+            result.corrected = len(created) - result.created
+            result.unchanged = len(items) - len(created)
+            result.unmatched = await invalidation.missing_predictions(conn, ids)
         return result
 
     async def record_columns(self, c: OutcomeColumns, *, look_up: bool = True) -> BulkOutcomes:
         """record_many for items given as columns (distinct prediction ids): the same
-        read, COPY, upsert and marks, with the COPY payload built from the columns and
-        Python work per item only for the ids that already have an outcome.
+        read, COPY and upsert, with the COPY payload built from the columns and Python
+        work per item only for the ids that already have an outcome.
 
         ``look_up=False`` skips the read: every item is copied straight in, and a COPY
         that meets a stored id (which undoes the transaction) is followed by the upsert
@@ -403,7 +379,6 @@ class OutcomeStore:
         async with self.db.connection() as conn:
             fresh = np.arange(n, dtype=np.int64)
             changed = np.zeros(0, dtype=np.int64)
-            unchanged: list[str] = []
             found = await conn.fetch(SELECT_OUTCOMES, c.ids) if look_up else []
             if found:
                 result.met_stored = True
@@ -413,31 +388,23 @@ class OutcomeStore:
                 for row in found:
                     j = position[row["prediction_id"]]
                     old[j] = True
-                    if _column_is_stored(c, j, row):
-                        unchanged.append(c.ids[j])
-                    else:
+                    if not _column_is_stored(c, j, row):
                         differs.append(j)
                 fresh = np.flatnonzero(~old)
                 changed = np.array(sorted(differs), dtype=np.int64)
             try:
-                created, corrected, unmatched = await self._write_columns(conn, c, fresh, changed)
+                created, corrected = await self._write_columns(conn, c, fresh, changed)
             except asyncpg.UniqueViolationError:
                 # a stored id among the fresh ones: not looked up, or another writer
                 # stored it since the read
                 result.met_stored = True
                 everything = np.arange(n, dtype=np.int64)
-                created, corrected, unmatched = await self._write_columns(
+                created, corrected = await self._write_columns(
                     conn, c, np.zeros(0, dtype=np.int64), everything
                 )
-                unchanged = list(set(c.ids) - created - corrected)
-            result.created, result.corrected = len(created), len(corrected)
-            result.unchanged = n - result.created - result.corrected
-            if unmatched:
-                # after the commit: see the module docstring
-                unmatched -= await invalidation.mark_stored_predictions(conn, sorted(unmatched))
-            if unchanged:
-                unmatched |= await invalidation.missing_predictions(conn, unchanged)
-        result.unmatched = unmatched
+            result.created, result.corrected = created, corrected
+            result.unchanged = n - created - corrected
+            result.unmatched = await invalidation.missing_predictions(conn, c.ids)
         return result
 
     async def _write_columns(
@@ -446,12 +413,10 @@ class OutcomeStore:
         c: OutcomeColumns,
         fresh: npt.NDArray[np.int64],
         changed: npt.NDArray[np.int64],
-    ) -> tuple[set[str], set[str], set[str]]:
-        """_write for columns: the ids created, the ids corrected, and the ids written
-        whose prediction is not stored, in one transaction. A stream may have two groups
-        of distinct ids writing at once; their marks are inserted in one order, but a
-        group's second marking statement can still meet the other's first, so a
-        deadlock (one transaction undone) is retried."""
+    ) -> tuple[int, int]:
+        """_write for columns: how many items were created and how many corrected, in
+        one transaction. Two streams upserting overlapping ids in other orders can meet
+        in a deadlock (one transaction undone), which is retried."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 return await self._write_columns_once(conn, c, fresh, changed)
@@ -466,10 +431,8 @@ class OutcomeStore:
         c: OutcomeColumns,
         fresh: npt.NDArray[np.int64],
         changed: npt.NDArray[np.int64],
-    ) -> tuple[set[str], set[str], set[str]]:
-        created: set[str] = set()
-        corrected: set[str] = set()
-        unmatched: set[str] = set()
+    ) -> tuple[int, int]:
+        created = corrected = 0
         async with conn.transaction():
             if len(fresh):
                 part = c if len(fresh) == len(c) else c.take(fresh)
@@ -479,22 +442,20 @@ class OutcomeStore:
                     columns=WRITE_COLUMNS,
                     format="binary",
                 )
-                created = set(part.ids)
-                unmatched = created - await invalidation.mark_stored_predictions(conn, part.ids)
+                created = len(part)
             if len(changed):
                 rows = await conn.fetch(UPSERT_OUTCOMES, *_upsert_columns(c.take(changed)))
-                for r in rows:
-                    (created if r["created"] else corrected).add(r["prediction_id"])
-                    if not r["matched"]:
-                        unmatched.add(r["prediction_id"])
-        return created, corrected, unmatched
+                made = sum(1 for r in rows if r["created"])
+                created += made
+                corrected += len(rows) - made
+        return created, corrected
 
     async def _write(
         self, conn: asyncpg.Connection, fresh: Sequence[Outcome], changed: Sequence[Outcome]
-    ) -> dict[str, tuple[bool, bool]]:
-        """Copy ``fresh`` into outcomes, upsert ``changed``, mark the cells of the rows
-        written, in one transaction. Returns, per id written, (created, matched)."""
-        written: dict[str, tuple[bool, bool]] = {}
+    ) -> list[bool]:
+        """Copy ``fresh`` into outcomes and upsert ``changed``, in one transaction.
+        Returns, per row written, whether it was created (else corrected)."""
+        written: list[bool] = []
         async with conn.transaction():
             if fresh:
                 await conn.copy_to_table(
@@ -503,10 +464,8 @@ class OutcomeStore:
                     columns=WRITE_COLUMNS,
                     format="binary",
                 )
-                ids = [o.prediction_id for o in fresh]
-                matched = await invalidation.mark_stored_predictions(conn, ids)
-                written = {pid: (True, pid in matched) for pid in ids}
+                written = [True] * len(fresh)
             if changed:
-                for r in await conn.fetch(UPSERT_OUTCOMES, *_columns(changed)):
-                    written[r["prediction_id"]] = (r["created"], r["matched"])
+                rows = await conn.fetch(UPSERT_OUTCOMES, *_columns(changed))
+                written += [r["created"] for r in rows]
         return written
