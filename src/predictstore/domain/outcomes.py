@@ -73,12 +73,19 @@ class OutcomeLimits:
 
 
 def validate_outcome(
-    o: Outcome, limits: OutcomeLimits, *, prefix: str = "outcome."
+    o: Outcome,
+    limits: OutcomeLimits,
+    *,
+    prefix: str = "outcome.",
+    metadata_violations: list[FieldViolation] | None = None,
 ) -> list[FieldViolation]:
-    """Every violation of one outcome."""
+    """Every violation of one outcome; ``metadata_violations``, when given, are those of
+    its metadata, checked already (a stream checks each distinct document once)."""
+    if metadata_violations is None:
+        metadata_violations = check_json(prefix + "metadata", o.metadata, limits.max_payload_bytes)
     violations = [
         *check_id(prefix + "prediction_id", o.prediction_id, limits.max_id_length),
-        *check_json(prefix + "metadata", o.metadata, limits.max_payload_bytes),
+        *metadata_violations,
     ]
     if o.value is None and o.label is None:
         violations.append(FieldViolation(prefix + "value", "one of value or label is required"))

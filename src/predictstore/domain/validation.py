@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from predictstore.errors import FieldViolation
 
 ID_CHARS_HINT = "non-empty, at most {limit} characters"
+
+# C0 control characters and DEL: not in identifiers.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_id(field: str, value: str, limit: int, *, required: bool = True) -> list[FieldViolation]:
@@ -17,7 +21,7 @@ def check_id(field: str, value: str, limit: int, *, required: bool = True) -> li
         return [FieldViolation(field, "must not be empty")] if required else []
     if len(value) > limit:
         return [FieldViolation(field, f"must be at most {limit} characters")]
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if _CONTROL.search(value):
         return [FieldViolation(field, "must not contain control characters")]
     return []
 

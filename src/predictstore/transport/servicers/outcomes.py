@@ -18,6 +18,7 @@ from predictstore.domain.outcomes import (
     column_shape_violations,
     validate_outcome,
 )
+from predictstore.domain.validation import check_json
 from predictstore.errors import FieldViolation, InvalidArgument, echo
 from predictstore.settings import Settings
 from predictstore.storage.database import Database
@@ -48,30 +49,21 @@ RESULT_TO_PROTO = {
 }
 
 
-# Distinct metadata documents a stream remembers (by wire form) to convert each once.
+# Distinct metadata documents a stream remembers (by wire form) to convert and check each
+# once.
 METADATA_CACHE = 256
 
+# A stream's converted metadata documents by wire form, each with its violations.
+MetadataCache = dict[bytes, tuple[dict[str, Any], list[FieldViolation]]]
 
-def outcome_from_proto(
-    message: pb.Outcome,
-    prefix: str = "outcome.",
-    metadata_cache: dict[bytes, dict[str, Any]] | None = None,
-) -> Outcome:
-    """``message`` as an Outcome. A stream passes ``metadata_cache``: items of a batch
-    mostly carry the same few metadata documents, and converting a Struct costs more than
-    the rest of the item; the dict is shared, never mutated."""
+
+def outcome_from_proto(message: pb.Outcome, prefix: str = "outcome.") -> Outcome:
+    """``message`` as an Outcome."""
+    return _outcome(message, prefix, struct_to_dict(message.metadata, prefix + "metadata"))
+
+
+def _outcome(message: pb.Outcome, prefix: str, metadata: dict[str, Any]) -> Outcome:
     observed = message.WhichOneof("observed")
-    if metadata_cache is None:
-        metadata = struct_to_dict(message.metadata, prefix + "metadata")
-    else:
-        wire = message.metadata.SerializeToString()
-        cached = metadata_cache.get(wire)
-        if cached is None:
-            cached = struct_to_dict(message.metadata, prefix + "metadata")
-            if len(metadata_cache) >= METADATA_CACHE:
-                metadata_cache.clear()
-            metadata_cache[wire] = cached
-        metadata = cached
     return Outcome(
         prediction_id=message.prediction_id,
         value=message.value if observed == "value" else None,
@@ -79,6 +71,25 @@ def outcome_from_proto(
         observe_time=optional_datetime(message, "observe_time", path=prefix + "observe_time"),
         metadata=metadata,
     )
+
+
+def stream_item(
+    message: pb.Outcome, limits: OutcomeLimits, cache: MetadataCache
+) -> tuple[Outcome, list[FieldViolation]]:
+    """One item of a stream as an Outcome, and its violations. Items of a batch mostly
+    carry the same few metadata documents, and converting and checking a Struct costs
+    more than the rest of the item, so each document is converted and checked once per
+    stream (the dict is shared, never mutated)."""
+    wire = message.metadata.SerializeToString()
+    cached = cache.get(wire)
+    if cached is None:
+        metadata = struct_to_dict(message.metadata, "metadata")
+        cached = (metadata, check_json("metadata", metadata, limits.max_payload_bytes))
+        if len(cache) >= METADATA_CACHE:
+            cache.clear()
+        cache[wire] = cached
+    outcome = _outcome(message, "", cached[0])
+    return outcome, validate_outcome(outcome, limits, prefix="", metadata_violations=cached[1])
 
 
 def outcome_to_proto(o: Outcome) -> pb.Outcome:
@@ -181,7 +192,7 @@ class OutcomeWriteHandlers:
         # beside one other such group of other ids (the database's work per item is
         # then spread over two connections); a group of rows only waits for them all
         in_flight: list[tuple[asyncio.Task[None], set[str], bool]] = []
-        metadata_cache: dict[bytes, dict[str, Any]] = {}
+        metadata_cache: MetadataCache = {}
         # whether a column group looks up stored outcomes before its COPY: not until a
         # group of the stream meets one (a first load then skips the read)
         look_up = False
@@ -253,8 +264,7 @@ class OutcomeWriteHandlers:
                     raise InvalidArgument(violations)
                 for item in message.outcomes:
                     try:
-                        outcome = outcome_from_proto(item, "", metadata_cache)
-                        violations = validate_outcome(outcome, self.limits, prefix="")
+                        outcome, violations = stream_item(item, self.limits, metadata_cache)
                     except InvalidArgument as exc:
                         outcome = Outcome(item.prediction_id)
                         violations = list(exc.violations)
