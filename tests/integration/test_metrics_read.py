@@ -1,6 +1,6 @@
-"""MetricsReadStore against a real PostgreSQL (or TimescaleDB): series lookup, cursor
-reads with exact resume, aggregations equal to a raw SQL computation, the hourly rollup,
-and the plans of the hot queries."""
+"""MetricsReadStore against a real PostgreSQL (or TimescaleDB): series lookup, point
+reads (binary COPY by windows) with exact resume, aggregations equal to a raw SQL
+computation, the hourly rollup, and the plans of the hot queries."""
 
 from __future__ import annotations
 
@@ -208,6 +208,34 @@ async def test_resume_at_every_position_has_no_gap_and_no_repeat(
                 store, ids, start, end, descending=descending, after=after, fetch_size=fetch_size
             )
             assert full[:cut] + rest == full, (cut, fetch_size)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_a_read_closed_anywhere_gives_its_connection_back_usable(
+    db: Database, descending: bool
+) -> None:
+    """A read closed after any number of batches (inside a window's COPY, or on its last
+    chunk) ends its statement and leaves a connection the next call can use."""
+    ids = await create_series(db, SERIES)
+    start, end = BASE, BASE + 6 * HOUR
+    points = grid_points(ids, start, end, timedelta(seconds=30))
+    await copy_points(db, points, start, end)
+    store = MetricsReadStore(db)
+    for taken in range(12):
+        read = store.stream_points(
+            ids, start, end, descending=descending, after=None, limit=None, fetch_size=40
+        )
+        for _ in range(taken):
+            assert len(await anext(read)) == 40
+        await read.aclose()
+        assert db.pool.get_idle_size() == db.pool.get_size()
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM metric_points") == len(points)
+            busy = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+        assert busy == 0, taken
 
 
 async def _raw_buckets(
