@@ -22,7 +22,12 @@ from predictstore.storage.metrics_read import (
     Series,
 )
 from predictstore.transport.servicers.metrics_read import PointFrames, series_key
-from predictstore.transport.wire.points import packed_varints, point_frame, series_entry
+from predictstore.transport.wire.points import (
+    packed_varints,
+    point_frame,
+    series_entry,
+    series_key_bytes,
+)
 from predictstore.v1 import metrics_service_pb2 as pb
 
 TIMES = [0, 1, -1, 1_761_000_000_123_456, -(2**62), 2**62]
@@ -33,6 +38,27 @@ SERIES = [
     Series(12, "ü" * 70, "p" * 200, "u2", {"k" * 300: "v"}),  # multi-byte lengths
     Series(40, "mem", "p2", "", {"model": "b"}),
 ]
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        *SERIES,
+        Series(1, "", "", "", {}),
+        Series(2, "m", "", "u", {"": "b", "a": ""}),  # empty keys and values
+        Series(5, "m", "p", "u", {f"k{i:03}": "ü" * i for i in range(60)}),
+    ],
+)
+def test_a_series_key_written_in_one_pass_is_the_message(series: Series) -> None:
+    data = series_key_bytes(series.metric_name, series.prediction_id, series.user_id, series.tags)
+    assert pb.SeriesKey.FromString(data) == series_key(series)
+    assert len(data) == series_key(series).ByteSize()
+    # the same key, whatever order its tags come in: the same bytes
+    backwards = dict(reversed(list(series.tags.items())))
+    assert (
+        series_key_bytes(series.metric_name, series.prediction_id, series.user_id, backwards)
+        == data
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,13 +73,13 @@ def test_packed_varints_are_protobufs_uint32_encoding(values: list[int]) -> None
 
 def _reference(
     keys: list[pb.SeriesKey], local: list[int], times: list[int], values: list[float], token: str
-) -> bytes:
+) -> pb.QueryMetricsResponse:
     message = pb.QueryMetricsResponse(resume_token=token)
     message.columns.series.extend(keys)
     message.columns.series_indexes.extend(local)
     message.columns.time_unix_micros.extend(times)
     message.columns.values.extend(values)
-    return message.SerializeToString()
+    return message
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -65,14 +91,33 @@ def test_a_frame_is_the_bytes_protobuf_writes(seed: int) -> None:
     times = [rng.choice([*TIMES, rng.randrange(-(2**63), 2**63)]) for _ in range(n)]
     values = [rng.choice([*VALUES, rng.uniform(-1e6, 1e6)]) for _ in range(n)]
     token = rng.choice(["", "t", "x" * 300])
+    entries = [series_entry(k.SerializeToString()) for k in keys]
     data = point_frame(
-        b"".join(series_entry(k.SerializeToString()) for k in keys),
+        b"".join(entries),
         np.array(local, dtype=np.int64),
         np.array(times, dtype=np.int64),
         np.array(values, dtype=np.float64),
         token,
     )
-    assert data == _reference(keys, local, times, values, token)
+    reference = _reference(keys, local, times, values, token)
+    assert pb.QueryMetricsResponse.FromString(data) == reference
+    # byte for byte too: the keys as protobuf serialises each (upb orders map entries its
+    # own way, differently after a copy), then the point columns as protobuf writes them
+    points = pb.PointColumns(
+        series_indexes=local, time_unix_micros=times, values=values
+    ).SerializeToString()
+    columns = b"".join(entries) + points
+    tail = pb.QueryMetricsResponse(resume_token=token).SerializeToString()
+    assert data == b"\x0a" + _varint(len(columns)) + columns + tail
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _old_frames(

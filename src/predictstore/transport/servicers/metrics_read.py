@@ -38,7 +38,7 @@ from predictstore.storage.metrics_read import (
 )
 from predictstore.transport.wire.buckets import encode_buckets
 from predictstore.transport.wire.convert import to_datetime
-from predictstore.transport.wire.points import point_frame, series_entry
+from predictstore.transport.wire.points import point_frame, series_entry, series_key_bytes
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
 
@@ -135,10 +135,12 @@ class PointFrames:
         self.query = query
         ordered = sorted(series, key=lambda s: s.series_id)
         self.ids = np.array([s.series_id for s in ordered], dtype=np.int64)
-        keys = [series_key(s) for s in ordered]
+        keys = [
+            series_key_bytes(s.metric_name, s.prediction_id, s.user_id, s.tags) for s in ordered
+        ]
         # each key as a PointColumns.series entry on the wire, by position in self.ids
-        self.entries = [series_entry(k.SerializeToString()) for k in keys]
-        self.sizes = np.array([k.ByteSize() + SERIES_OVERHEAD for k in keys], dtype=np.int64)
+        self.entries = [series_entry(k) for k in keys]
+        self.sizes = np.array([len(k) + SERIES_OVERHEAD for k in keys], dtype=np.int64)
         self.max_points = max_points
         self.max_bytes = max_bytes
         self.last: tuple[int, int, float] | None = None

@@ -10,10 +10,13 @@ upb writes for the message (tests/unit/test_wire_points.py compares them).
 Field numbers, from protos/predictstore/v1/metrics_service.proto:
 QueryMetricsResponse: columns = 1, resume_token = 2. PointColumns: series = 1,
 series_indexes = 2 (packed uint32), time_unix_micros = 3 (packed sfixed64), values = 4
-(packed double).
+(packed double). SeriesKey: metric_name = 1, prediction_id = 2, user_id = 3, tags = 4
+(map entries: key = 1, value = 2).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +31,27 @@ TIMES = b"\x1a"
 VALUES = b"\x22"
 # a uint32 takes at most five varint bytes
 _GROUPS = np.arange(5, dtype=np.uint64)
+
+
+def _text(tag: bytes, value: str) -> bytes:
+    data = value.encode()
+    return tag + varint(len(data)) + data
+
+
+def series_key_bytes(
+    metric_name: str, prediction_id: str, user_id: str, tags: Mapping[str, str]
+) -> bytes:
+    """A serialised SeriesKey, written in one pass: its tags in key order, each map entry
+    with both its key and value (as upb writes them), empty strings left out."""
+    parts = [
+        _text(tag, value)
+        for tag, value in ((b"\x0a", metric_name), (b"\x12", prediction_id), (b"\x1a", user_id))
+        if value
+    ]
+    for key, value in sorted(tags.items()):
+        entry = _text(b"\x0a", key) + _text(b"\x12", value)
+        parts += (b"\x22", varint(len(entry)), entry)
+    return b"".join(parts)
 
 
 def series_entry(key: bytes) -> bytes:
