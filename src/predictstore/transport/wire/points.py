@@ -29,13 +29,6 @@ SERIES = b"\x0a"
 SERIES_INDEXES = b"\x12"
 TIMES = b"\x1a"
 VALUES = b"\x22"
-# a uint32 takes at most five varint bytes
-_GROUPS = np.arange(5, dtype=np.uint64)
-
-
-def _text(tag: bytes, value: str) -> bytes:
-    data = value.encode()
-    return tag + varint(len(data)) + data
 
 
 def series_key_bytes(
@@ -43,13 +36,14 @@ def series_key_bytes(
 ) -> bytes:
     """A serialised SeriesKey, written in one pass: its tags in key order, each map entry
     with both its key and value (as upb writes them), empty strings left out."""
-    parts = [
-        _text(tag, value)
-        for tag, value in ((b"\x0a", metric_name), (b"\x12", prediction_id), (b"\x1a", user_id))
-        if value
-    ]
+    parts: list[bytes] = []
+    for tag, text in ((b"\x0a", metric_name), (b"\x12", prediction_id), (b"\x1a", user_id)):
+        if text:
+            data = text.encode()
+            parts += (tag, varint(len(data)), data)
     for key, value in sorted(tags.items()):
-        entry = _text(b"\x0a", key) + _text(b"\x12", value)
+        k, v = key.encode(), value.encode()
+        entry = b"".join((b"\x0a", varint(len(k)), k, b"\x12", varint(len(v)), v))
         parts += (b"\x22", varint(len(entry)), entry)
     return b"".join(parts)
 
@@ -61,15 +55,24 @@ def series_entry(key: bytes) -> bytes:
 
 def packed_varints(values: npt.NDArray[np.int64]) -> bytes:
     """The packed encoding of non-negative values below 2**32 (uint32 varints)."""
-    if not len(values) or int(values.max()) < 0x80:  # one byte each: few series
+    if not len(values):
+        return b""
+    top = int(values.max())
+    if top < 0x80:  # one byte each: frames of fewer than 128 series
         return values.astype(np.uint8).tobytes()
-    unsigned = values.astype(np.uint64)
-    sizes = np.ones(len(values), dtype=np.int64)
-    for k in range(1, 5):
-        sizes += unsigned >= np.uint64(1 << 7 * k)
-    groups = (unsigned[:, None] >> (np.uint64(7) * _GROUPS) & np.uint64(0x7F)).astype(np.uint8)
-    groups[_GROUPS[None, :] < (sizes[:, None] - 1).astype(np.uint64)] |= 0x80
-    return groups[_GROUPS[None, :] < sizes[:, None].astype(np.uint64)].tobytes()
+    width = (top.bit_length() + 6) // 7  # the most bytes a value takes, at most five
+    unsigned = values.astype(np.uint32)
+    groups = np.empty((len(values), width), dtype=np.uint8)
+    more = np.empty((len(values), width), dtype=bool)  # another byte follows this one
+    for k in range(width):
+        rest = unsigned >> np.uint32(7 * k)
+        groups[:, k] = rest & np.uint32(0x7F)
+        more[:, k] = rest > np.uint32(0x7F)
+    groups[more] |= 0x80
+    # the bytes a value takes: its first group and each one that a "more" announces
+    keep = np.ones_like(more)
+    keep[:, 1:] = more[:, :-1]
+    return groups[keep].tobytes()
 
 
 def point_frame(
