@@ -83,9 +83,12 @@ class PointFrames:
     def __init__(self) -> None:
         self._index: dict[bytes, int] = {}
         self._new: list[metrics_pb.SeriesKey] = []
-        # the series entries of the last raw frame, as sent, and their rows
+        # the series entries of the last raw frame, as sent, and their rows; its points'
+        # series indexes and the key columns they made
         self._last_wire: bytes | None = None
         self._last_positions: Any = None
+        self._last_local: Any = None
+        self._last_keys: dict[str, pa.Array] = {}
         self._columns: dict[str, pa.Array] = {
             "metric_name": pa.array([], pa.string()),
             "prediction_id": pa.array([], pa.string()),
@@ -127,7 +130,8 @@ class PointFrames:
     def table(self, columns: Any) -> pa.Table:
         """One row per point of one frame's columns (PointColumns, or RawPointColumns)."""
         wire = getattr(columns, "series_wire", None)
-        if wire is not None and wire == self._last_wire:
+        same_series = wire is not None and wire == self._last_wire
+        if same_series:
             # the series of the last frame, in the same order: its rows again
             positions = self._last_positions
         else:
@@ -135,11 +139,18 @@ class PointFrames:
             if wire is not None:
                 self._last_wire, self._last_positions = wire, positions
         local = np.asarray(columns.series_indexes, dtype=np.int32)
-        rows = pa.array(positions[local] if len(positions) else local)
+        if same_series and np.array_equal(local, self._last_local):
+            # and each point of the same series as the last frame's: the same key columns
+            keys = self._last_keys
+        else:
+            rows = pa.array(positions[local] if len(positions) else local)
+            keys = {name: values.take(rows) for name, values in self._columns.items()}
+            if wire is not None:
+                self._last_local, self._last_keys = local, keys
         return pa.table(
             {
                 "time": pa.array(np.asarray(columns.time_unix_micros, dtype=np.int64), TIME),
-                **{name: values.take(rows) for name, values in self._columns.items()},
+                **keys,
                 "value": pa.array(np.asarray(columns.values, dtype=np.float64)),
             },
             schema=POINTS_SCHEMA,
