@@ -5,8 +5,9 @@ computation, the hourly rollup, and the plans of the hot queries."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from predictstore.storage.metrics_read import (
     SeriesFilter,
     datetime_to_micros,
     group_value,
+    inline,
     micros_to_datetime,
     points_query,
     window_edge_query,
@@ -643,3 +645,33 @@ async def _rows_read(db: Database) -> int:
             "                  WHERE inhparent = 'metric_points'::regclass))"
         )
     return int(value)
+
+
+async def test_values_inlined_for_copy_come_back_exactly(db: Database) -> None:
+    values: list[Any] = [
+        0,
+        -(2**31),
+        2**62,
+        0.1,
+        -0.0,
+        5e-324,
+        1e308,
+        math.inf,
+        -math.inf,
+        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        [1, 2, 2**31 - 1],
+        [],
+    ]
+    casts = ["int8", "int8", "int8", *["float8"] * 6, "timestamptz", "timestamptz"]
+    casts += ["int4[]", "int4[]"]
+    sql = "SELECT " + ", ".join(f"${i}::{c}" for i, c in enumerate(casts, 1))
+    async with db.connection() as conn:
+        row = await conn.fetchrow(inline(sql, values))
+        nan = await conn.fetchval(inline("SELECT $1::float8", [math.nan]))
+    assert list(row) == values
+    assert math.copysign(1.0, row[4]) == -1.0
+    assert math.isnan(nan)
+    for bad in ("1; DROP TABLE metric_points", True, datetime(2026, 1, 1), [1, "2"], b"x"):
+        with pytest.raises(TypeError):
+            inline("SELECT $1", [bad])
