@@ -620,8 +620,9 @@ def _batch_of(rows: Rows) -> PointBatch:
 
 
 class Handoff:
-    """Point batches from the task that runs a read's COPYs to the reader, one batch
-    ahead, and the reader's stop.
+    """Point batches from the task that runs a read's COPYs to the reader, up to a
+    window's worth ahead (WINDOW_FETCHES batches: the backend sorts the next window
+    while the reader works through this one's), and the reader's stop.
 
     A COPY is never cancelled from the client side: asyncpg leaves the connection
     unusable when a COPY's output callback raises or is cancelled on its last chunk,
@@ -631,7 +632,8 @@ class Handoff:
     wire) and no other statement starts."""
 
     def __init__(self) -> None:
-        self.batches: asyncio.Queue[PointBatch | BaseException | None] = asyncio.Queue(1)
+        self.batches: asyncio.Queue[PointBatch | BaseException | None]
+        self.batches = asyncio.Queue(WINDOW_FETCHES)
         self.stopped = asyncio.Event()
 
     async def put(self, item: PointBatch | BaseException | None) -> None:
@@ -790,8 +792,8 @@ class MetricsReadStore:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             await conn.execute(CUSTOM_PLANS)
-            # the windows' COPYs run in their own task, one batch ahead: the backend
-            # produces the next batch while the caller encodes and sends this one
+            # the windows' COPYs run in their own task, ahead of the caller by up to a
+            # window: the backend sorts and sends while the caller encodes and sends
             handoff = Handoff()
 
             async def produce() -> None:
