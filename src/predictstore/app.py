@@ -59,7 +59,7 @@ from predictstore.transport.servicers.evaluation_read import EvaluationReadHandl
 from predictstore.transport.servicers.feedback import FeedbackServicer
 from predictstore.transport.servicers.health import HealthReporter
 from predictstore.transport.servicers.imports import ImportHandlers
-from predictstore.transport.servicers.metrics import MetricsServicer
+from predictstore.transport.servicers.metrics import MetricsServicer, add_metrics_servicer
 from predictstore.transport.servicers.metrics_discovery import SeriesDiscoveryHandlers
 from predictstore.transport.servicers.metrics_read import MetricsReadHandlers
 from predictstore.transport.servicers.metrics_write import MetricsWriteHandlers
@@ -79,7 +79,6 @@ from predictstore.v1 import (
     feedback_service_pb2,
     feedback_service_pb2_grpc,
     metrics_service_pb2,
-    metrics_service_pb2_grpc,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
@@ -217,7 +216,7 @@ async def start_server(
         frame_max_bytes=settings.frame_max_bytes,
         use_rollup=settings.metrics_aggregate_use_rollup,
     )
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+    add_metrics_servicer(
         MetricsServicer(
             metrics_writer,
             metrics_reader,

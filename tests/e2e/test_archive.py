@@ -289,6 +289,62 @@ async def test_run_maintenance_reports_archives_and_failures(
         await running.stop(0)
 
 
+async def test_an_archive_run_removes_what_a_crash_mid_write_left(
+    server: RunningServer, db: Database, archive_dir: Path
+) -> None:
+    await seed_old(server, db)
+    target_dir = LocalArchive.open(archive_dir)
+    # a process that dies mid-write: its temporary file is never committed nor aborted
+    name = archive.file_name("metrics", OLD, OLD + timedelta(days=1))
+    script = (
+        "import os, sys; from pathlib import Path\n"
+        "from predictstore.storage.archive import LocalArchive\n"
+        "pending = LocalArchive.open(Path(sys.argv[1])).create(sys.argv[2])\n"
+        "pending.sink.write(b'PAR1 half a file'); pending.sink.flush(); os._exit(9)"
+    )
+    died = subprocess.run(
+        [sys.executable, "-c", script, str(archive_dir), name],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert died.returncode == 9, died.stderr
+    left = [p for p in archive_dir.rglob("*") if p.is_file()]
+    assert len(left) == 1
+    assert left[0].name.endswith(".tmp")
+    # what is not the archive's temporary naming stays, whatever it looks like
+    kept = [
+        archive_dir / "metrics" / "notes.tmp",
+        archive_dir / "metrics" / ".metrics_x.parquet.tmp",
+        archive_dir / ".metrics_x.parquet.0123456789AB.tmp",
+        archive_dir / "metrics" / "metrics_x.parquet.0123456789ab.tmp",
+        archive_dir / "README",
+    ]
+    for path in kept:
+        path.write_text("not ours")
+    outside = archive_dir.parent / "outside.txt"
+    outside.write_text("elsewhere")
+    link = archive_dir / ".linked.parquet.0123456789ab.tmp"
+    link.symlink_to(outside)
+
+    maintenance = Maintenance(db, RETENTION, archive=Archiver(target_dir))
+    report = await maintenance.run()
+
+    assert report.stale_archive_files == [str(left[0])]
+    assert not left[0].exists()
+    assert all(p.read_text() == "not ours" for p in kept)
+    assert link.is_symlink()
+    assert outside.read_text() == "elsewhere"
+    # the run went on to archive as usual, the same file name included
+    assert report.archive_failures == []
+    assert {a.table_family for a in report.archived} == {"metrics", "predictions", "feedback"}
+    for item in report.archived:
+        assert pq.ParquetFile(item.path).metadata.num_rows == item.row_count
+    again = await maintenance.run()
+    assert again.stale_archive_files == []
+
+
 def test_schemas_are_exports() -> None:
     schemas = archive._schemas()
     assert schemas["metrics"] == arrow.POINTS_SCHEMA

@@ -1,12 +1,13 @@
-"""MetricsReadStore against a real PostgreSQL (or TimescaleDB): series lookup, cursor
-reads with exact resume, aggregations equal to a raw SQL computation, the hourly rollup,
-and the plans of the hot queries."""
+"""MetricsReadStore against a real PostgreSQL (or TimescaleDB): series lookup, point
+reads (binary COPY by windows) with exact resume, aggregations equal to a raw SQL
+computation, the hourly rollup, and the plans of the hot queries."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from predictstore.storage.metrics_read import (
     SeriesFilter,
     datetime_to_micros,
     group_value,
+    inline,
     micros_to_datetime,
     points_query,
     window_edge_query,
@@ -208,6 +210,34 @@ async def test_resume_at_every_position_has_no_gap_and_no_repeat(
                 store, ids, start, end, descending=descending, after=after, fetch_size=fetch_size
             )
             assert full[:cut] + rest == full, (cut, fetch_size)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_a_read_closed_anywhere_gives_its_connection_back_usable(
+    db: Database, descending: bool
+) -> None:
+    """A read closed after any number of batches (inside a window's COPY, or on its last
+    chunk) ends its statement and leaves a connection the next call can use."""
+    ids = await create_series(db, SERIES)
+    start, end = BASE, BASE + 6 * HOUR
+    points = grid_points(ids, start, end, timedelta(seconds=30))
+    await copy_points(db, points, start, end)
+    store = MetricsReadStore(db)
+    for taken in range(12):
+        read = store.stream_points(
+            ids, start, end, descending=descending, after=None, limit=None, fetch_size=40
+        )
+        for _ in range(taken):
+            assert len(await anext(read)) == 40
+        await read.aclose()
+        assert db.pool.get_idle_size() == db.pool.get_size()
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM metric_points") == len(points)
+            busy = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+        assert busy == 0, taken
 
 
 async def _raw_buckets(
@@ -615,3 +645,33 @@ async def _rows_read(db: Database) -> int:
             "                  WHERE inhparent = 'metric_points'::regclass))"
         )
     return int(value)
+
+
+async def test_values_inlined_for_copy_come_back_exactly(db: Database) -> None:
+    values: list[Any] = [
+        0,
+        -(2**31),
+        2**62,
+        0.1,
+        -0.0,
+        5e-324,
+        1e308,
+        math.inf,
+        -math.inf,
+        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        [1, 2, 2**31 - 1],
+        [],
+    ]
+    casts = ["int8", "int8", "int8", *["float8"] * 6, "timestamptz", "timestamptz"]
+    casts += ["int4[]", "int4[]"]
+    sql = "SELECT " + ", ".join(f"${i}::{c}" for i, c in enumerate(casts, 1))
+    async with db.connection() as conn:
+        row = await conn.fetchrow(inline(sql, values))
+        nan = await conn.fetchval(inline("SELECT $1::float8", [math.nan]))
+    assert list(row) == values
+    assert math.copysign(1.0, row[4]) == -1.0
+    assert math.isnan(nan)
+    for bad in ("1; DROP TABLE metric_points", True, datetime(2026, 1, 1), [1, "2"], b"x"):
+        with pytest.raises(TypeError):
+            inline("SELECT $1", [bad])

@@ -69,3 +69,38 @@ def _length(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def test_frames_repeating_the_last_frames_series_give_the_same_tables() -> None:
+    # frames over the same series in the same order, then others, then the first again
+    frames = [frame(50, 200), frame(50, 200), frame(7, 30), frame(50, 200), frame(50, 10)]
+    frames[1].columns.values[0] = 42.0
+    wires = [f.SerializeToString() for f in frames]
+    raw, parsed = PointFrames(), PointFrames()
+    for wire in wires:
+        expected = parsed.table(mpb.QueryMetricsResponse.FromString(wire).columns)
+        assert raw.table(decode(wire).columns).equals(expected)
+
+
+def test_series_entries_out_of_the_usual_place_are_still_found() -> None:
+    wire = frame(4, 12).SerializeToString()
+    parsed = mpb.QueryMetricsResponse.FromString(wire)
+    points = mpb.PointColumns(
+        series_indexes=parsed.columns.series_indexes,
+        time_unix_micros=parsed.columns.time_unix_micros,
+        values=parsed.columns.values,
+    ).SerializeToString()
+    keys = b"".join(
+        b"\x0a" + _length(k.ByteSize()) + k.SerializeToString() for k in parsed.columns.series
+    )
+    for columns in (
+        points + keys,  # after the point fields
+        b"\x28\x07" + keys + points,  # behind a field this client does not know
+    ):
+        moved = b"\x0a" + _length(len(columns)) + columns + b"\x12\x03tok"
+        decoded = decode(moved)
+        assert decoded.resume_token == "tok"
+        assert list(decoded.columns.series) == [
+            k.SerializeToString() for k in parsed.columns.series
+        ]
+        assert PointFrames().table(decoded.columns).equals(PointFrames().table(parsed.columns))

@@ -75,12 +75,20 @@ class PointFrames:
     C-level serialisation, not a Python object per tag) and converted once, so a frame
     costs Python work only for series not seen before. The memory held is one entry per
     distinct series (a read matches at most metrics_query_max_series of them). Frames
-    read with ``Metrics.query_wire`` skip even the parse of keys seen before.
+    read with ``Metrics.query_wire`` skip even the parse of keys seen before, and a
+    frame whose series entries are the last frame's, byte for byte (a read of series
+    that report together), skips the lookups too.
     """
 
     def __init__(self) -> None:
         self._index: dict[bytes, int] = {}
         self._new: list[metrics_pb.SeriesKey] = []
+        # the series entries of the last raw frame, as sent, and their rows; its points'
+        # series indexes and the key columns they made
+        self._last_wire: bytes | None = None
+        self._last_positions: Any = None
+        self._last_local: Any = None
+        self._last_keys: dict[str, pa.Array] = {}
         self._columns: dict[str, pa.Array] = {
             "metric_name": pa.array([], pa.string()),
             "prediction_id": pa.array([], pa.string()),
@@ -121,13 +129,28 @@ class PointFrames:
 
     def table(self, columns: Any) -> pa.Table:
         """One row per point of one frame's columns (PointColumns, or RawPointColumns)."""
-        positions = self._positions(columns.series)
+        wire = getattr(columns, "series_wire", None)
+        same_series = wire is not None and wire == self._last_wire
+        if same_series:
+            # the series of the last frame, in the same order: its rows again
+            positions = self._last_positions
+        else:
+            positions = self._positions(columns.series)
+            if wire is not None:
+                self._last_wire, self._last_positions = wire, positions
         local = np.asarray(columns.series_indexes, dtype=np.int32)
-        rows = pa.array(positions[local] if len(positions) else local)
+        if same_series and np.array_equal(local, self._last_local):
+            # and each point of the same series as the last frame's: the same key columns
+            keys = self._last_keys
+        else:
+            rows = pa.array(positions[local] if len(positions) else local)
+            keys = {name: values.take(rows) for name, values in self._columns.items()}
+            if wire is not None:
+                self._last_local, self._last_keys = local, keys
         return pa.table(
             {
                 "time": pa.array(np.asarray(columns.time_unix_micros, dtype=np.int64), TIME),
-                **{name: values.take(rows) for name, values in self._columns.items()},
+                **keys,
                 "value": pa.array(np.asarray(columns.values, dtype=np.float64)),
             },
             schema=POINTS_SCHEMA,

@@ -53,56 +53,72 @@ def _message_class() -> Any:
 RawQueryMetricsResponse: Any = _message_class()
 
 
-def _packed_class() -> Any:
-    """The same frame with every column field as repeated bytes: a packed column is one
-    length-delimited field on the wire, like bytes, so protobuf's C parser hands each
-    column over as its packed bytes (NumPy reads them in place) and each series key as
-    bytes, with no Python loop over the keys. A field in another wire form (unpacked)
-    does not match and becomes an unknown field, which :func:`decode` detects."""
+def _split_classes() -> tuple[Any, Any, Any]:
+    """The same frame parsed in three steps, each by protobuf's C parser with no Python
+    loop: the frame with its columns as bytes; those columns with only the point fields
+    declared, each as repeated bytes (a packed column is one length-delimited field on
+    the wire, like bytes, so NumPy reads it in place), the series entries left as
+    unknown fields; the series entries alone. A frame of the one form a predictstore
+    server writes (series first, every column one packed run, lengths minimal) has its
+    series entries as one run of bytes ahead of the point fields: a reader whose frames
+    repeat the same series in the same order (``arrow.PointFrames``) compares that run
+    with the last one instead of looking each key up. Any other form does not match and
+    :func:`decode` parses it as RawQueryMetricsResponse."""
     file = descriptor_pb2.FileDescriptorProto(
-        name="predictstore/client/packed_frames.proto", package=_PACKAGE, syntax="proto3"
+        name="predictstore/client/split_frames.proto", package=_PACKAGE, syntax="proto3"
     )
-    columns = file.message_type.add(name="PackedPointColumns")
-    for name, number in (
-        ("series", 1),
-        ("series_indexes", 2),
-        ("time_unix_micros", 3),
-        ("values", 4),
-    ):
+    frame = file.message_type.add(name="SplitQueryMetricsResponse")
+    frame.field.add(name="columns", number=1, type=_FIELD.TYPE_BYTES, label=_FIELD.LABEL_OPTIONAL)
+    frame.field.add(
+        name="resume_token", number=2, type=_FIELD.TYPE_STRING, label=_FIELD.LABEL_OPTIONAL
+    )
+    columns = file.message_type.add(name="PointFields")
+    for name, number in (("series_indexes", 2), ("time_unix_micros", 3), ("values", 4)):
         columns.field.add(
             name=name, number=number, type=_FIELD.TYPE_BYTES, label=_FIELD.LABEL_REPEATED
         )
-    response = file.message_type.add(name="PackedQueryMetricsResponse")
-    response.field.add(
-        name="columns",
-        number=1,
-        type=_FIELD.TYPE_MESSAGE,
-        label=_FIELD.LABEL_OPTIONAL,
-        type_name=f".{_PACKAGE}.PackedPointColumns",
-    )
-    response.field.add(
-        name="resume_token", number=2, type=_FIELD.TYPE_STRING, label=_FIELD.LABEL_OPTIONAL
-    )
+    entries = file.message_type.add(name="SeriesEntries")
+    entries.field.add(name="series", number=1, type=_FIELD.TYPE_BYTES, label=_FIELD.LABEL_REPEATED)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(f"{_PACKAGE}.PackedQueryMetricsResponse")
+    return tuple(  # type: ignore[return-value]
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        for name in ("SplitQueryMetricsResponse", "PointFields", "SeriesEntries")
     )
 
 
-_PackedQueryMetricsResponse: Any = _packed_class()
+_SplitFrame, _PointFields, _SeriesEntries = _split_classes()
 
 
 class RawColumns:
-    """A frame's columns as NumPy arrays over its wire bytes (see :func:`decode`)."""
+    """A frame's columns as NumPy arrays over its wire bytes (see :func:`decode`).
 
-    __slots__ = ("series", "series_indexes", "time_unix_micros", "values")
+    ``series_wire`` is the run of the frame's series entries as sent; ``series`` the
+    entries one by one, split from it when first asked."""
 
-    def __init__(self, series: list[bytes], indexes: Any, times: Any, values: Any) -> None:
-        self.series = series
+    __slots__ = ("_frame", "_series", "series_indexes", "series_wire", "time_unix_micros", "values")
+
+    def __init__(
+        self, frame: bytes, series_wire: bytes, indexes: Any, times: Any, values: Any
+    ) -> None:
+        self._frame = frame
+        self._series: list[bytes] | None = None
+        self.series_wire = series_wire
         self.series_indexes = indexes
         self.time_unix_micros = times
         self.values = values
+
+    @property
+    def series(self) -> list[bytes]:
+        if self._series is None:
+            entries = _SeriesEntries.FromString(self.series_wire)
+            entries.DiscardUnknownFields()
+            if entries.ByteSize() == len(self.series_wire):
+                self._series = list(entries.series)
+            else:  # other fields among the entries: protobuf sorts them out
+                parsed = RawQueryMetricsResponse.FromString(self._frame)
+                self._series = list(parsed.columns.series)
+        return self._series
 
 
 class RawFrame:
@@ -137,24 +153,31 @@ def _varints(payload: memoryview) -> Any:
 
 def decode(data: bytes) -> Any:
     """A QueryMetrics frame with its columns as NumPy arrays straight from the packed
-    wire bytes (times and values are fixed-width: no conversion at all), series keys
-    as bytes, all split by protobuf's C parser. A frame in any other wire form
-    (unpacked, unknown fields, a non-minimal encoding, as a different encoder may send)
-    is parsed by protobuf as RawQueryMetricsResponse."""
+    wire bytes (times and values are fixed-width: no conversion at all), and its series
+    entries as the bytes they came in, all split by protobuf's C parser. A frame in any
+    other wire form (unpacked, unknown fields, a non-minimal encoding, fields in
+    another order, as a different encoder may send) is parsed by protobuf as
+    RawQueryMetricsResponse."""
     import numpy as np
 
     try:
-        packed = _PackedQueryMetricsResponse.FromString(data)
+        frame = _SplitFrame.FromString(data)
         # a field in another wire form was kept as unknown: dropped, the size shrinks
-        packed.DiscardUnknownFields()
-        if packed.ByteSize() != len(data):
+        frame.DiscardUnknownFields()
+        if frame.ByteSize() != len(data):
             raise ValueError("not the one packed form")
-        columns = packed.columns
-        indexes = _varints(memoryview(b"".join(columns.series_indexes)))
-        times = np.frombuffer(b"".join(columns.time_unix_micros), dtype="<i8")
-        values = np.frombuffer(b"".join(columns.values), dtype="<f8")
+        wire = frame.columns
+        fields = _PointFields.FromString(wire)
+        fields.DiscardUnknownFields()  # the series entries
+        points = fields.SerializeToString()
+        if not wire.endswith(points):
+            raise ValueError("series entries not ahead of the point fields")
+        indexes = _varints(memoryview(b"".join(fields.series_indexes)))
+        times = np.frombuffer(b"".join(fields.time_unix_micros), dtype="<i8")
+        values = np.frombuffer(b"".join(fields.values), dtype="<f8")
         if not (len(indexes) == len(times) == len(values)):
             raise ValueError("columns of different lengths")
     except (ValueError, DecodeError):
         return RawQueryMetricsResponse.FromString(data)
-    return RawFrame(RawColumns(list(columns.series), indexes, times, values), packed.resume_token)
+    series = wire[: len(wire) - len(points)]
+    return RawFrame(RawColumns(data, series, indexes, times, values), frame.resume_token)

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,11 @@ ORDER BY archive_id DESC
 """
 
 
+# A file being written: ".<final name>.<TEMP_HEX hex digits>.tmp" next to its final name.
+TEMP_HEX = 12
+TEMP_NAME = re.compile(rf"\..+\.[0-9a-f]{{{TEMP_HEX}}}\.tmp")
+
+
 class ArchiveError(PredictstoreError):
     """The archive file could not be written; the data it was for is kept."""
 
@@ -130,6 +136,11 @@ class ArchiveTarget(Protocol):
     """Where archive files go; ``name`` is a relative path such as ``metrics/x.parquet``."""
 
     def create(self, name: str) -> PendingFile: ...
+
+    def remove_stale(self) -> list[str]:
+        """Removes what files being written left behind (a crash mid-write), when no
+        write is under way; the paths removed."""
+        ...
 
 
 class _HashingSink:
@@ -217,8 +228,25 @@ class LocalArchive:
     def create(self, name: str) -> PendingFile:
         final = self.root / name
         final.parent.mkdir(parents=True, exist_ok=True)
-        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
+        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:TEMP_HEX]}.tmp")
         return _LocalPending(temp, final)
+
+    def remove_stale(self) -> list[str]:
+        """Removes the temporary files of writes that never committed nor aborted (the
+        process died mid-write): regular files named as ``create`` names them, anywhere
+        under the root (symlinks are not followed). Anything else is left alone."""
+        removed: list[str] = []
+        for directory, _, files in os.walk(self.root):
+            for name in files:
+                if not TEMP_NAME.fullmatch(name):
+                    continue
+                path = Path(directory) / name
+                if not path.is_file() or path.is_symlink():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(str(path))
+        return removed
 
 
 def _schemas() -> dict[str, Any]:
@@ -457,6 +485,11 @@ class Archiver:
             archived.sha256,
         )
         return dataclasses.replace(archived, create_time=created, archive_id=archive_id)
+
+    async def remove_stale(self) -> list[str]:
+        """Removes what archive writes cut short by a crash left in the target: called at
+        the start of a run, under the maintenance lock, so no write is under way."""
+        return await asyncio.to_thread(self.target.remove_stale)
 
     def _create(self, family: str, name: str) -> _ParquetFile:
         try:

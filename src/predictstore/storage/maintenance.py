@@ -327,6 +327,8 @@ class MaintenanceReport:
     rollup: RollupRefresh | None = None
     archived: list[Archived] = field(default_factory=list)
     archive_failures: list[ArchiveFailure] = field(default_factory=list)
+    # temporary files of archive writes a crash cut short, removed at the start
+    stale_archive_files: list[str] = field(default_factory=list)
 
 
 def _quote_ident(name: str) -> str:
@@ -365,6 +367,7 @@ class Maintenance:
                 return report
             try:
                 report.ran = True
+                await self._remove_stale_archive_files(report)
                 if self.db.mode == "postgresql":
                     await self._partitions(conn, report)
                     report.rollup = await metrics_rollup.refresh(
@@ -402,10 +405,33 @@ class Maintenance:
                 "evaluation_cells_refreshed": report.evaluation_cells_refreshed,
                 "archived": len(report.archived),
                 "archive_failures": len(report.archive_failures),
+                "stale_archive_files": len(report.stale_archive_files),
                 "duration_s": round(report.duration_s, 3),
             },
         )
         return report
+
+    async def _remove_stale_archive_files(self, report: MaintenanceReport) -> None:
+        """The temporary files a crash mid-write left in the archive: only this run writes
+        archives now (it holds the lock), so none of them is being written."""
+        if self.archive is None:
+            return
+        try:
+            report.stale_archive_files = await self.archive.remove_stale()
+        except OSError as exc:  # the run goes on: its own writes report what is wrong
+            log.warning(
+                "stale archive files not removed",
+                extra={"action": "archive_cleanup_failed", "reason": exc.strerror or str(exc)},
+            )
+            return
+        if report.stale_archive_files:
+            log.info(
+                "stale archive files removed",
+                extra={
+                    "action": "archive_stale_removed",
+                    "files": len(report.stale_archive_files),
+                },
+            )
 
     async def _evaluation(
         self, conn: asyncpg.Connection, report: MaintenanceReport, cutoff: datetime | None

@@ -1,5 +1,5 @@
-"""Metric reads: series lookup, point reads through a server-side cursor with exact
-resume, and time-bucket aggregations.
+"""Metric reads: series lookup, point reads as binary COPY with exact resume, and
+time-bucket aggregations.
 
 Points are ordered by (time, series_id, value). Two stored points can be equal in all
 three (the table has no unique key), so a resume position also counts how many points
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import math
+import re
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,9 +40,26 @@ MICROSECOND = timedelta(microseconds=1)
 # sorts that fit in work_mem, with few statements per read
 WINDOW_FETCHES = 4
 
-# Ends the transaction's portals: a point read's finished window keeps its sort's memory
-# until its portal closes.
-CLOSE_CURSORS = "CLOSE ALL"
+# A binary COPY of SELECT_POINTS (PostgreSQL's documented COPY file format): a header
+# (signature, flags, no extension), then per row its field count and each field as a
+# length and big-endian bytes: time (int8 microseconds since 2000-01-01), series_id (int4),
+# value (float8). The columns are NOT NULL, so every row has this one shape, 34 bytes,
+# and numpy reads a whole chunk of rows at once. A two-byte -1 ends the data.
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+COPY_TRAILER = b"\xff\xff"
+COPY_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("time_size", ">i4"),
+        ("time", ">i8"),
+        ("series_id_size", ">i4"),
+        ("series_id", ">i4"),
+        ("value_size", ">i4"),
+        ("value", ">f8"),
+    ]
+)
+# PostgreSQL's epoch (2000-01-01) in microseconds since the Unix one.
+PG_EPOCH_US = 946_684_800_000_000
 # Bucket origin of both modes: TimescaleDB's default (a Monday at midnight UTC), so hour,
 # day and week buckets line up the same way whichever mode computes them.
 BUCKET_ORIGIN_SQL = "'2000-01-03 00:00:00+00'::timestamptz"
@@ -64,6 +81,10 @@ SUM_COUNTS = "sum({}::float8)::int8"
 FETCH_ALL_MAX_BUCKETS = 50_000
 
 GroupBy = Literal["metric", "prediction", "user", "tag"]
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Rows = npt.NDArray[np.void]  # COPY_ROW records
+EMPTY_ROWS: Rows = np.empty(0, dtype=COPY_ROW)
 
 
 def micros_to_datetime(micros: int) -> datetime:
@@ -110,14 +131,23 @@ class PointKey:
 
 @dataclass(frozen=True, slots=True)
 class PointBatch:
-    """Points in column form, as the cursor returned them."""
+    """Points in column form, as the read returned them: times in microseconds since the
+    Unix epoch (int64), series ids (int64), values (float64)."""
 
-    times_us: Sequence[int]
-    series_ids: Sequence[int]
-    values: Sequence[float]
+    times_us: Ints
+    series_ids: Ints
+    values: Floats
 
     def __len__(self) -> int:
         return len(self.times_us)
+
+    def head(self, n: int) -> PointBatch:
+        """The first ``n`` points."""
+        return PointBatch(self.times_us[:n], self.series_ids[:n], self.values[:n])
+
+    def tail(self, n: int) -> PointBatch:
+        """The points after the first ``n``."""
+        return PointBatch(self.times_us[n:], self.series_ids[n:], self.values[n:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +168,6 @@ class BucketKey:
     metric_name: str
     group_value: str
     bucket_us: int
-
-
-Floats = npt.NDArray[np.float64]
-Ints = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +245,10 @@ def points_query(
     limit: int | None,
 ) -> tuple[str, list[Any]]:
     """SELECT_POINTS: the points of some series in [start, end), ordered by (time, series,
-    value), from a keyset position on, at most ``limit``. Time comes back as int8
-    microseconds since the epoch, computed by the backend, so the service builds no
-    datetime per point. stream_points runs it over windows of about a frame's worth of
-    points at a time (see ``window_edge_query``): each sorts only its window."""
+    value), from a keyset position on, at most ``limit``. stream_points runs it as a binary
+    COPY (see ``COPY_ROW``), over windows of about a few frames' worth of points at a time
+    (see ``window_edge_query``): each sorts only its window. Times go out as the backend
+    stores them (int8 microseconds), so neither side converts a time per point."""
     p = Params()
     ids = p(list(series_ids))
     lo, hi = p(start), p(end)
@@ -237,17 +263,46 @@ def points_query(
             f" AND time {op} {at_p}"
             f" AND (time, series_id, value) {op} ({at_p}, {p(after.series_id)}, {p(after.value)})"
         )
-    # the inner query sorts; the outer one converts times row by row as they are fetched
-    # (OFFSET 0 keeps the planner from converting every row before the sort)
-    source = (
+    sql = (
         f"SELECT time, series_id, value FROM metric_points WHERE {where}"
         f" ORDER BY time{direction}, series_id{direction}, value{direction}"
     )
-    source += " OFFSET 0" if limit is None else f" LIMIT {p(limit)}"
-    sql = (
-        f"SELECT (extract(epoch FROM time) * 1000000)::int8, series_id, value FROM ({source}) AS p"
-    )
+    if limit is not None:
+        sql += f" LIMIT {p(limit)}"
     return sql, p.args
+
+
+def _literal(value: Any) -> str:
+    """An SQL literal of an int, a float, an aware datetime or a list of ints."""
+    if isinstance(value, bool):
+        raise TypeError("no literal for a bool")
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "'NaN'::float8"
+        if math.isinf(value):
+            return "'Infinity'::float8" if value > 0 else "'-Infinity'::float8"
+        return f"'{value!r}'::float8"
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return "'{" + ",".join(map(str, value)) + "}'"
+    raise TypeError(f"no literal for {type(value).__name__}")
+
+
+PARAMETER = re.compile(r"\$(\d+)\b")
+
+
+def inline(sql: str, args: Sequence[Any]) -> str:
+    """``sql`` with its parameters written as literals, for COPY, which takes none. Only
+    numbers, aware datetimes and lists of ints are accepted: none is text, so none can
+    carry SQL. (asyncpg's own way, copy_from_query with arguments, costs two more round
+    trips per statement: a prepare, and a query that has the server quote each value.)"""
+    literals = [_literal(a) for a in args]
+    return PARAMETER.sub(lambda m: literals[int(m.group(1)) - 1], sql)
 
 
 def window_edge_query(
@@ -499,18 +554,108 @@ def _batch(
     )
 
 
-def _skip_delivered(rows: list[asyncpg.Record], key: PointKey, skip: int) -> tuple[list[Any], int]:
-    """Drop the leading rows equal to ``key`` that an earlier read delivered."""
-    target = (key.time_us, key.series_id, key.value)
+def _skip_delivered(batch: PointBatch, key: PointKey, skip: int) -> tuple[PointBatch, int]:
+    """Drop the leading points equal to ``key`` that an earlier read delivered."""
     n = 0
-    while n < len(rows) and n < skip and tuple(rows[n]) == target:
+    while (
+        n < len(batch)
+        and n < skip
+        and (batch.times_us[n], batch.series_ids[n], batch.values[n])
+        == (key.time_us, key.series_id, key.value)
+    ):
         n += 1
-    if n < len(rows):  # skipped them all, or fewer are stored now than were delivered
-        return rows[n:], 0
-    return [], skip - n
+    if n < len(batch):  # skipped them all, or fewer are stored now than were delivered
+        return batch.tail(n), 0
+    return batch.tail(n), skip - n
 
 
-async def _window_fetches(
+class CopyRows:
+    """Cuts the bytes of a binary COPY of SELECT_POINTS into arrays of rows (``COPY_ROW``),
+    whatever the chunks asyncpg hands over: a row may straddle two of them."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._header = False
+        self.rows = 0
+
+    def feed(self, chunk: bytes) -> Rows:
+        """The whole rows received so far and not returned yet (possibly none)."""
+        data = self._data
+        data += chunk
+        if not self._header:
+            if len(data) < len(COPY_HEADER):
+                return EMPTY_ROWS
+            if data[: len(COPY_HEADER)] != COPY_HEADER:
+                raise ValueError("not a binary COPY of plain rows")
+            del data[: len(COPY_HEADER)]
+            self._header = True
+        n = len(data) // COPY_ROW.itemsize
+        if not n:
+            return EMPTY_ROWS
+        rows = np.frombuffer(data, dtype=COPY_ROW, count=n).copy()
+        del data[: n * COPY_ROW.itemsize]
+        if (
+            (rows["fields"] != 3)
+            | (rows["time_size"] != 8)
+            | (rows["series_id_size"] != 4)
+            | (rows["value_size"] != 8)
+        ).any():
+            raise ValueError("a COPY row of another shape than (time, series_id, value)")
+        self.rows += n
+        return rows
+
+    def close(self) -> None:
+        """Checks that the COPY ended where a row ends, with the trailer."""
+        if not self._header or bytes(self._data) != COPY_TRAILER:
+            raise ValueError("a binary COPY cut short")
+
+
+def _batch_of(rows: Rows) -> PointBatch:
+    """COPY rows as columns in native order; times moved to the Unix epoch."""
+    return PointBatch(
+        rows["time"].astype(np.int64) + PG_EPOCH_US,
+        rows["series_id"].astype(np.int64),
+        rows["value"].astype(np.float64),
+    )
+
+
+class Handoff:
+    """Point batches from the task that runs a read's COPYs to the reader, up to a
+    window's worth ahead (WINDOW_FETCHES batches: the backend sorts the next window
+    while the reader works through this one's), and the reader's stop.
+
+    A COPY is never cancelled from the client side: asyncpg leaves the connection
+    unusable when a COPY's output callback raises or is cancelled on its last chunk,
+    or when a cancel reaches the task just as a chunk arrived. A stopping reader
+    instead wakes the callback, which from then on drops what it receives: the window
+    being copied is read to its end (its sort is done by then; the rest is bytes on the
+    wire) and no other statement starts."""
+
+    def __init__(self) -> None:
+        self.batches: asyncio.Queue[PointBatch | BaseException | None]
+        self.batches = asyncio.Queue(WINDOW_FETCHES)
+        self.stopped = asyncio.Event()
+
+    async def put(self, item: PointBatch | BaseException | None) -> None:
+        """Hands ``item`` over once the reader has room for it; drops it once the reader
+        stopped."""
+        if self.stopped.is_set():
+            return
+        put = asyncio.ensure_future(self.batches.put(item))
+        stop = asyncio.ensure_future(self.stopped.wait())
+        try:
+            await asyncio.wait((put, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            put.cancel()
+            stop.cancel()
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stops the COPY task ``task`` and waits until it has ended."""
+        self.stopped.set()
+        await task
+
+
+async def _window_copies(
     conn: asyncpg.Connection,
     series_ids: Sequence[int],
     lo: datetime,
@@ -519,21 +664,47 @@ async def _window_fetches(
     after: PointKey | None,
     total: int | None,
     fetch_size: int,
-) -> AsyncGenerator[list[asyncpg.Record], None]:
-    """The rows of a point read, at most ``fetch_size`` per fetch, read window by window
-    from the read's edge: one sort of the whole range would hold back the first frame
-    until every row was read. The first window holds about one fetch's worth of rows
-    (WINDOW_EDGE finds its end), so the first frame leaves at once; later ones are sized
-    from the density of the last, to about WINDOW_FETCHES fetches, and found again by
-    WINDOW_EDGE after a window that came out sparse (a gap in the data). Windows are
-    consecutive time ranges, so together they give the total order of one statement."""
+    handoff: Handoff,
+) -> None:
+    """Hands over the points of a read, ``fetch_size`` per batch (the last one fewer),
+    read window by window from the read's edge: one sort of the whole range would hold
+    back the first frame until every row was read. Each window is one binary COPY of
+    SELECT_POINTS: no Python object per point on the way in, and its rows go out as
+    their bytes arrive (asyncpg stops reading the socket while the reader has no room,
+    so a slow reader holds back the backend, not memory). The first window holds about
+    one fetch's worth of rows (WINDOW_EDGE finds its end), so the first frame leaves at
+    once; later ones are sized from the density of the last, to about WINDOW_FETCHES
+    fetches, and found again by WINDOW_EDGE after a window that came out sparse (a gap
+    in the data). Windows are consecutive time ranges, so together they give the total
+    order of one statement."""
     if not series_ids:
         return
     remaining = total
     want = fetch_size if remaining is None else min(fetch_size, remaining)
     width: timedelta | None = None  # unknown density: find the window's end
-    carry: list[asyncpg.Record] = []
-    while lo < hi and (remaining is None or remaining > 0):
+    carry = EMPTY_ROWS  # fewer than fetch_size rows: they wait for the next ones
+    copy = CopyRows()
+    failure: ValueError | None = None
+
+    async def received(chunk: bytes) -> None:
+        nonlocal carry, failure
+        if failure is not None or handoff.stopped.is_set():
+            return
+        try:  # the callback must not raise (see Handoff): the error waits for the end
+            rows = copy.feed(chunk)
+        except ValueError as exc:
+            failure = exc
+            return
+        if not len(rows):
+            return
+        if len(carry):
+            rows = np.concatenate((carry, rows))
+        full = len(rows) - len(rows) % fetch_size
+        for at in range(0, full, fetch_size):
+            await handoff.put(_batch_of(rows[at : at + fetch_size]))
+        carry = rows[full:]
+
+    while lo < hi and (remaining is None or remaining > 0) and not handoff.stopped.is_set():
         if width is None:
             k = -(-want // len(series_ids))
             sql, args = window_edge_query(series_ids, lo, hi, descending=descending, k=k)
@@ -547,18 +718,14 @@ async def _window_fetches(
         sql, args = points_query(
             series_ids, w_lo, w_hi, descending=descending, after=after, limit=remaining
         )
-        cursor = await conn.cursor(sql, *args)
-        n = 0
-        while True:  # full fetches: a window's last rows wait for the next window's first
-            asked = fetch_size - len(carry)
-            rows = await cursor.fetch(asked)
-            n += len(rows)
-            carry.extend(rows)
-            if len(rows) < asked:
-                break
-            yield carry
-            carry = []
-        await conn.execute(CLOSE_CURSORS)  # a finished portal still holds its sort
+        copy = CopyRows()
+        await conn.copy_from_query(inline(sql, args), output=received, format="binary")
+        if failure is not None:
+            raise failure
+        if handoff.stopped.is_set():
+            return
+        copy.close()
+        n = copy.rows
         if remaining is not None:
             remaining -= n
         # the next window: as dense as this one, unless this one came out sparse
@@ -572,8 +739,8 @@ async def _window_fetches(
             hi = w_lo
         else:
             lo = w_hi
-    if carry:
-        yield carry
+    if len(carry):
+        await handoff.put(_batch_of(carry))
 
 
 class MetricsReadStore:
@@ -610,6 +777,10 @@ class MetricsReadStore:
         Memory stays flat whatever the range. Closing the generator (or cancelling its
         task) ends the transaction and frees the connection; a cancelled fetch cancels
         the backend's query."""
+        if after is not None:  # plain numbers (a key may come from a batch's arrays)
+            after = PointKey(
+                int(after.time_us), int(after.series_id), float(after.value), int(after.repeats)
+            )
         skip = after.repeats if after is not None else 0
         total = None if limit is None else limit + skip
         lo, hi = start, end
@@ -621,27 +792,32 @@ class MetricsReadStore:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             await conn.execute(CUSTOM_PLANS)
-            fetches = _window_fetches(
-                conn, series_ids, lo, hi, descending, after, total, fetch_size
-            )
-            # one fetch always in flight: the backend produces the next batch while the
-            # caller encodes and sends this one
-            pending = asyncio.ensure_future(anext(fetches, None))
+            # the windows' COPYs run in their own task, ahead of the caller by up to a
+            # window: the backend sorts and sends while the caller encodes and sends
+            handoff = Handoff()
+
+            async def produce() -> None:
+                try:
+                    await _window_copies(
+                        conn, series_ids, lo, hi, descending, after, total, fetch_size, handoff
+                    )
+                except Exception as exc:
+                    await handoff.put(exc)
+                else:
+                    await handoff.put(None)
+
+            producer = asyncio.create_task(produce())
             try:
-                while rows := await pending:
-                    pending = asyncio.ensure_future(anext(fetches, None))
+                while (batch := await handoff.batches.get()) is not None:
+                    if isinstance(batch, BaseException):
+                        raise batch
                     if skip and after is not None:
-                        rows, skip = _skip_delivered(rows, after, skip)
-                        if not rows:
+                        batch, skip = _skip_delivered(batch, after, skip)
+                        if not len(batch):
                             continue
-                    times, sids, values = zip(*rows, strict=True)
-                    yield PointBatch(times, sids, values)
+                    yield batch
             finally:
-                if not pending.done():
-                    pending.cancel()  # asyncpg cancels the backend's query
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await pending
-                await fetches.aclose()
+                await handoff.stop(producer)
 
     async def rollup_segments(
         self, spec: BucketSpec, conn: asyncpg.Connection | None = None

@@ -1,8 +1,9 @@
 """The metrics read path: QueryMetrics and AggregateMetrics.
 
-Points go out column-wise: each frame's per-point columns are filled from the cursor's
-batches with ``extend`` (no message object per point), and each frame names only the
-series it refers to, so any frame stands alone and carries the token to resume after it.
+Points go out column-wise: the store reads them as binary COPY into numpy arrays, and
+each frame is written from them straight to wire bytes (transport.wire.points), with no
+Python object per point on the way. Each frame names only the series it refers to, so
+any frame stands alone and carries the token to resume after it.
 Buckets come from the store in column form too; numpy encodes them straight to
 protobuf's wire format (transport.wire.buckets), and each frame is parsed once, in C.
 """
@@ -27,6 +28,7 @@ from predictstore.storage.metrics_read import (
     BucketKey,
     BucketSpec,
     GroupBy,
+    Ints,
     MetricsReadStore,
     PointBatch,
     PointKey,
@@ -36,6 +38,7 @@ from predictstore.storage.metrics_read import (
 )
 from predictstore.transport.wire.buckets import encode_buckets
 from predictstore.transport.wire.convert import to_datetime
+from predictstore.transport.wire.points import point_frame, series_entry, series_key_bytes
 from predictstore.v1 import common_pb2
 from predictstore.v1 import metrics_service_pb2 as pb
 
@@ -112,20 +115,14 @@ def series_key(series: Series) -> pb.SeriesKey:
     )
 
 
-def _series_entry(key: pb.SeriesKey) -> bytes:
-    """``key`` as one entry of PointColumns.series (field 1, length-delimited)."""
-    body = key.SerializeToString()
-    size, prefix = len(body), bytearray(b"\x0a")
-    while size > 0x7F:
-        prefix.append(size & 0x7F | 0x80)
-        size >>= 7
-    prefix.append(size)
-    return bytes(prefix) + body
-
-
 class PointFrames:
-    """Cuts cursor batches into frames of at most ``max_points`` points and about
-    ``max_bytes`` bytes, each with the token that resumes right after its last point."""
+    """Cuts read batches into frames of at most ``max_points`` points and about
+    ``max_bytes`` bytes, each with the token that resumes right after its last point.
+
+    Frames are written as wire bytes (transport.wire.points): the columns straight from
+    the batch's arrays, each series key serialised once per read. Each frame lists the
+    series its points use in the order they first appear, as the message-built frames
+    did."""
 
     def __init__(
         self,
@@ -136,11 +133,14 @@ class PointFrames:
         after: PointKey | None,
     ) -> None:
         self.query = query
-        self.keys = {s.series_id: series_key(s) for s in series}
-        # each key as a PointColumns.series entry on the wire: a frame parses the joined
-        # entries of its series in one call instead of copying a message per series
-        self.entries = {sid: _series_entry(k) for sid, k in self.keys.items()}
-        self.sizes = {sid: k.ByteSize() + SERIES_OVERHEAD for sid, k in self.keys.items()}
+        ordered = sorted(series, key=lambda s: s.series_id)
+        self.ids = np.array([s.series_id for s in ordered], dtype=np.int64)
+        keys = [
+            series_key_bytes(s.metric_name, s.prediction_id, s.user_id, s.tags) for s in ordered
+        ]
+        # each key as a PointColumns.series entry on the wire, by position in self.ids
+        self.entries = [series_entry(k) for k in keys]
+        self.sizes = np.array([len(k) + SERIES_OVERHEAD for k in keys], dtype=np.int64)
         self.max_points = max_points
         self.max_bytes = max_bytes
         self.last: tuple[int, int, float] | None = None
@@ -149,44 +149,48 @@ class PointFrames:
             self.last = (after.time_us, after.series_id, after.value)
             self.repeats = after.repeats
 
-    def frames(self, batch: PointBatch) -> Iterator[pb.QueryMetricsResponse]:
+    def frames(self, batch: PointBatch) -> Iterator[bytes]:
+        """The serialised QueryMetricsResponse frames of ``batch``."""
+        positions = np.searchsorted(self.ids, batch.series_ids)
         i, n = 0, len(batch)
         while i < n:  # each round takes at least one point
-            j = self._fit(batch, i, min(n, i + self.max_points))
-            yield self._frame(batch, i, j)
+            j, used, first = self._fit(positions, i, min(n, i + self.max_points))
+            # the frame's series in order of first appearance, and each point's index there
+            order = used[np.argsort(first)]
+            yield self._frame(batch, positions[i:j], order, i, j)
             i = j
 
-    def _fit(self, batch: PointBatch, i: int, j: int) -> int:
-        """Shrinks [i, j) by halves until its frame fits in max_bytes (or holds one point)."""
-        while j - i > 1:
-            size = FRAME_OVERHEAD + (j - i) * POINT_BYTES
-            size += sum(self.sizes[s] for s in set(batch.series_ids[i:j]))
+    def _fit(self, positions: Ints, i: int, j: int) -> tuple[int, Ints, Ints]:
+        """Shrinks [i, j) by halves until its frame fits in max_bytes (or holds one point):
+        the end, the distinct series positions of [i, j) and where each first appears."""
+        while True:
+            used, first = np.unique(positions[i:j], return_index=True)
+            if j - i == 1:
+                return j, used, first
+            size = FRAME_OVERHEAD + (j - i) * POINT_BYTES + int(self.sizes[used].sum())
             if size <= self.max_bytes:
-                break
+                return j, used, first
             j = i + (j - i) // 2
-        return j
 
-    def _frame(self, batch: PointBatch, i: int, j: int) -> pb.QueryMetricsResponse:
-        sids = batch.series_ids[i:j]
-        order = list(dict.fromkeys(sids))
-        local = {sid: k for k, sid in enumerate(order)}
-        message = pb.QueryMetricsResponse()
-        columns = message.columns
-        columns.MergeFromString(b"".join(map(self.entries.__getitem__, order)))
-        columns.series_indexes.extend(map(local.__getitem__, sids))
-        columns.time_unix_micros.extend(batch.times_us[i:j])
-        columns.values.extend(batch.values[i:j])
-        message.resume_token = resume.encode(self.query, self._position(batch, i, j))
-        return message
+    def _frame(self, batch: PointBatch, window: Ints, order: Ints, i: int, j: int) -> bytes:
+        local = np.empty(len(self.ids), dtype=np.int64)
+        local[order] = np.arange(len(order), dtype=np.int64)
+        entries = self.entries
+        return point_frame(
+            b"".join([entries[k] for k in order.tolist()]),
+            local[window],
+            batch.times_us[i:j],
+            batch.values[i:j],
+            resume.encode(self.query, self._position(batch, i, j)),
+        )
 
     def _position(self, batch: PointBatch, i: int, j: int) -> list[Any]:
         """[time, series, value, repeats] of the frame's last point: repeats counts the
         points with exactly that key delivered so far, in this frame and before it."""
-        last = (batch.times_us[j - 1], batch.series_ids[j - 1], batch.values[j - 1])
+        times, sids, values = batch.times_us, batch.series_ids, batch.values
+        last = (int(times[j - 1]), int(sids[j - 1]), float(values[j - 1]))
         k = j - 1
-        while (
-            k > i and (batch.times_us[k - 1], batch.series_ids[k - 1], batch.values[k - 1]) == last
-        ):
+        while k > i and (times[k - 1], sids[k - 1], values[k - 1]) == last:
             k -= 1
         repeats = j - k
         if k == i and self.last == last:
@@ -299,7 +303,9 @@ class MetricsReadHandlers:
 
     async def query_metrics(
         self, request: pb.QueryMetricsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.QueryMetricsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """The frames of a range read, each a serialised QueryMetricsResponse (the
+        method's serializer passes bytes through: see servicers.metrics)."""
         flt, start, end = _filter(request)
         descending = request.order == common_pb2.SORT_ORDER_DESCENDING
         if request.limit > self.max_points:
@@ -337,9 +343,7 @@ class MetricsReadHandlers:
             async for batch in points:
                 if sent + len(batch) > cap:
                     take = cap - sent
-                    batch = PointBatch(
-                        batch.times_us[:take], batch.series_ids[:take], batch.values[:take]
-                    )
+                    batch = batch.head(take)
                     for frame in frames.frames(batch):
                         yield frame
                     raise ResourceExhausted(
