@@ -84,6 +84,10 @@ FROM predictions_staging
 RETURNING prediction_id
 """
 
+# Attempts of a bulk create undone by a deadlock: with another writer claiming some of
+# the same ids in another order, or marking cells a concurrent writer marks too.
+WRITE_ATTEMPTS = 3
+
 # The columns a bulk create claims in prediction_ids, and the time it claims them at.
 ID_COLUMNS = ("prediction_id", "create_time")
 SELECT_NOW = "SELECT now()"
@@ -232,22 +236,32 @@ class PredictionStore:
             return BulkResult()
         await self._ensure_partition()
         async with self.db.connection() as conn:
-            try:
-                async with conn.transaction():
-                    # the rows' create_time is their COPY's default, the same now()
-                    now = await conn.fetchval(SELECT_NOW)
-                    await conn.copy_records_to_table(
-                        "prediction_ids", records=[(r[0], now) for r in rows], columns=ID_COLUMNS
-                    )
-                    await conn.copy_records_to_table(
-                        "predictions", records=rows, columns=BULK_COLUMNS
-                    )
-                    await invalidation.mark_copied_predictions(
-                        conn, ((r[9], r[10], r[11]) for r in rows)
-                    )
-            except asyncpg.UniqueViolationError:
-                return await self._create_staged(conn, rows)
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                try:
+                    await self._copy_rows(conn, rows)
+                except asyncpg.UniqueViolationError:
+                    return await self._create_staged(conn, rows)
+                except asyncpg.DeadlockDetectedError:
+                    # undone whole, the other transaction went on: try again
+                    if attempt == WRITE_ATTEMPTS:
+                        raise
+                else:
+                    break
         return BulkResult(created=[r[0] for r in rows])
+
+    @staticmethod
+    async def _copy_rows(conn: asyncpg.Connection, rows: Sequence[PredictionRow]) -> None:
+        """The ids into prediction_ids, the rows into predictions and their marks, in
+        one transaction; raises UniqueViolationError, storing nothing, if an id is
+        taken."""
+        async with conn.transaction():
+            # the rows' create_time is their COPY's default, the same now()
+            now = await conn.fetchval(SELECT_NOW)
+            await conn.copy_records_to_table(
+                "prediction_ids", records=[(r[0], now) for r in rows], columns=ID_COLUMNS
+            )
+            await conn.copy_records_to_table("predictions", records=rows, columns=BULK_COLUMNS)
+            await invalidation.mark_copied_predictions(conn, ((r[9], r[10], r[11]) for r in rows))
 
     async def _create_staged(
         self, conn: asyncpg.Connection, rows: Sequence[PredictionRow]
