@@ -142,6 +142,15 @@ class BulkResult:
     conflicting: list[str] = field(default_factory=list)
 
 
+def _same(stored: Prediction, row: PredictionRow) -> bool:
+    """``row`` is what is stored. JSON no one has parsed yet (a bulk create may leave
+    that to the database) that does not parse is not."""
+    try:
+        return stored.same_content(prediction_of(row))
+    except ValueError:
+        return False
+
+
 def _row_to_prediction(row: asyncpg.Record) -> Prediction:
     forecast = None
     if row["forecast_value"] is not None:
@@ -308,7 +317,7 @@ class PredictionStore:
             pid = row[0]
             if pid in inserted:
                 result.created.append(pid)
-            elif pid in stored and stored[pid].same_content(prediction_of(row)):
+            elif pid in stored and _same(stored[pid], row):
                 result.existing.append(pid)
             else:
                 result.conflicting.append(pid)

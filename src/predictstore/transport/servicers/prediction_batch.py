@@ -33,7 +33,7 @@ from predictstore.domain.predictions import (
 from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.storage.predictions import PredictionStore
 from predictstore.transport.wire.convert import prediction_row_from_proto
-from predictstore.transport.wire.prediction_columns import MALFORMED, ColumnItems
+from predictstore.transport.wire.prediction_columns import MALFORMED, ColumnItems, json_violations
 from predictstore.v1 import prediction_service_pb2 as pb
 
 # Validated items gathered into one COPY: large enough to amortise a COPY's fixed cost,
@@ -150,6 +150,15 @@ class BatchWriter:
             row = (str(uuid.uuid4()), *row[1:])
         pid = row[0]
         earlier = self.group.pending.get(pid)
+        if earlier is not None:
+            # JSON the column form left to the database, read here to compare: a fault
+            # refuses its item (the earlier one's with its replays), as a slice check would
+            if faults := json_violations(row):
+                self._reject_all([index], pid, faults)
+                return
+            if faults := json_violations(earlier[1]):
+                self._reject_all([earlier[0], *self.group.replays.pop(pid, ())], pid, faults)
+                earlier = None
         if earlier is None:
             self.group.pending[pid] = (index, row)
         elif same_row(earlier[1], row):
@@ -196,21 +205,44 @@ class BatchWriter:
         return await self._settle()
 
     async def _write(self, group: _Group) -> set[str]:
-        """Write the group; returns the ids refused because the store has other content."""
-        result = await self.store.create_rows([row for _, row in group.pending.values()])
+        """Write the group; returns the ids refused: the store has other content, or the
+        database refused their JSON."""
+        refused: set[str] = set()
+        try:
+            result = await self.store.create_rows([row for _, row in group.pending.values()])
+        except InvalidArgument:
+            # a document left to the database was refused, and nothing stored: find which
+            faulty = {
+                pid: f for pid, (_, row) in group.pending.items() if (f := json_violations(row))
+            }
+            if not faulty:
+                raise
+            for pid, faults in faulty.items():
+                index, _ = group.pending.pop(pid)
+                self._reject_all([index, *group.replays.pop(pid, ())], pid, faults)
+            refused.update(faulty)
+            result = await self.store.create_rows([row for _, row in group.pending.values()])
         self.response.created_count += len(result.created)
         self.response.existing_count += len(result.existing)
         conflicting = set(result.conflicting)
-        for pid, (index, _) in group.pending.items():
+        for pid, (index, row) in group.pending.items():
             if pid in conflicting:
-                for i in [index, *group.replays.get(pid, ())]:
-                    self.reject(i, pid, "prediction_id", "exists with other content")
+                # a taken id's JSON was not parsed by the database: its faults come first
+                faults = json_violations(row) or [
+                    FieldViolation("prediction_id", "exists with other content")
+                ]
+                self._reject_all([index, *group.replays.get(pid, ())], pid, faults)
             else:
                 self.stored_ids.append((index, pid))
                 for i in group.replays.get(pid, ()):
                     self.response.existing_count += 1
                     self.stored_ids.append((i, pid))
-        return conflicting
+        return refused | conflicting
+
+    def _reject_all(self, indexes: list[int], pid: str, faults: list[FieldViolation]) -> None:
+        for i in indexes:
+            for v in faults:
+                self.reject(i, pid, v.field, v.description)
 
     async def reply(self) -> pb.BatchCreatePredictionsResponse:
         """Write what is left and answer, once every group has committed."""
