@@ -45,7 +45,7 @@ FIRST_CHUNK = 2_000
 # Groups of one stream writing at once, each in a transaction on its own connection.
 GROUPS_IN_FLIGHT = 2
 # Items decoded at a stretch before the COPY in flight gets the event loop back: each of
-# its five round trips (BEGIN and now(), two COPYs, the marks, COMMIT) waits up to one
+# its five round trips (BEGIN, two COPYs, the marks, COMMIT) waits up to one
 # slice for the loop, so a slice is kept to a few milliseconds of decoding.
 DECODE_SLICE = 100
 # The same for items in column form, cheaper each.
