@@ -224,6 +224,8 @@ async def test_json_faults_are_reported_alike_wherever_they_are_found(
     ids[9], payloads[9] = "dup-2", '{"x" }'
     confidences = [0.5] * n
     confidences[10], payloads[10] = 7.0, '{"a": -Infinity}'  # the JSON is what is reported
+    payloads[11] = '{"a": "\x00"}'  # NUL, not escaped
+    metadata[12] = '{"a":\x001}'
     cols = columns(
         n,
         prediction_ids=ids,
@@ -243,6 +245,8 @@ async def test_json_faults_are_reported_alike_wherever_they_are_found(
         (6, "payload", finite),
         (9, "payload", text),
         (10, "payload", finite),
+        (11, "payload", text),
+        (12, "metadata", text),
     ]
     for attempt in range(2):  # the replay stores nothing and reports the same
         reply = await _send(predictions, pb.BatchCreatePredictionsRequest(columns=cols))
