@@ -6,9 +6,9 @@ small JSON payload and metadata, a forecast on every other one). Measured:
 - bulk writes, each on empty tables: raw COPY (asyncpg copy_records_to_table, in
   batches of 1,000 and of 20,000, one connection, records with json already text built
   before the clock starts: each batch's ids into prediction_ids and its rows into
-  predictions, in one transaction, as every create must to keep ids unique; also, as
-  ``raw_copy_predictions_only_per_s``, the rows into predictions alone, a floor below
-  what uniqueness costs) against
+  predictions, in one transaction, as every create must to keep ids unique, create_time
+  left to the columns' default; also, as ``raw_copy_predictions_only_per_s``, the rows
+  into predictions alone, a floor below what uniqueness costs) against
   BatchCreatePredictions (a real ``predictstore serve`` process, one client stream of
   pre-serialised messages of 1,000 and of 20,000 items, until the reply, sent after
   every COMMIT, has arrived), in column form (PredictionColumns, as the client's
@@ -166,16 +166,16 @@ async def raw_copy(
     into predictions; no lookups, no dirty marks, no validation. ``claim_ids`` False: the
     rows into predictions alone, a floor no create that keeps ids unique can reach."""
     await reset(url)
+    ids = [(r[0],) for r in records]
     conn = await asyncpg.connect(url)
     try:
         started = time.perf_counter()
         for start in range(0, len(records), batch):
             chunk = records[start : start + batch]
             async with conn.transaction():
-                if claim_ids:
-                    now = await conn.fetchval("SELECT now()")
+                if claim_ids:  # create_time: the column's default, now(), in both tables
                     await conn.copy_records_to_table(
-                        "prediction_ids", records=[(r[0], now) for r in chunk], columns=ID_COLUMNS
+                        "prediction_ids", records=ids[start : start + batch], columns=ID_COLUMNS
                     )
                 await conn.copy_records_to_table("predictions", records=chunk, columns=BULK_COLUMNS)
         elapsed = time.perf_counter() - started

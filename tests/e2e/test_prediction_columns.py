@@ -204,6 +204,66 @@ async def test_rejections_by_index_across_rows_and_columns(
     assert dict(spaced.prediction.payload) == {"spaced": "é", "x": 0.0}
 
 
+async def test_json_faults_are_reported_alike_wherever_they_are_found(
+    predictions: PredictionServiceStub, db: Database
+) -> None:
+    # documents that look like objects at a glance, beside taken and repeated ids
+    await _send(predictions, pb.BatchCreatePredictionsRequest(predictions=[prediction("taken")]))
+    n = 40
+    ids = [f"j{i}" for i in range(n)]
+    payloads = ['{"a": 1}'] * n
+    metadata = [""] * n
+    payloads[1] = '{"a": NaN}'
+    payloads[2] = '{"a": }'
+    payloads[3] = '{"a": 1} {"b": 2}'
+    metadata[4] = '{"a" 1}'
+    ids[5], payloads[5] = "taken", "{oops}"  # a taken id, its JSON at fault too
+    ids[6], payloads[6] = "dup-1", '{"x": Infinity}'  # refused, then repeated good
+    ids[7] = "dup-1"
+    ids[8] = "dup-2"  # good, then repeated at fault
+    ids[9], payloads[9] = "dup-2", '{"x" }'
+    confidences = [0.5] * n
+    confidences[10], payloads[10] = 7.0, '{"a": -Infinity}'  # the JSON is what is reported
+    payloads[11] = '{"a": "\x00"}'  # NUL, not escaped
+    metadata[12] = '{"a":\x001}'
+    cols = columns(
+        n,
+        prediction_ids=ids,
+        payload_json=payloads,
+        metadata_json=metadata,
+        confidences=confidences,
+        has_confidence=[],
+    )
+    text = "must be a JSON object as text"
+    finite = "must not contain NaN or infinite numbers"
+    expected = [
+        (1, "payload", finite),
+        (2, "payload", text),
+        (3, "payload", text),
+        (4, "metadata", text),
+        (5, "payload", text),
+        (6, "payload", finite),
+        (9, "payload", text),
+        (10, "payload", finite),
+        (11, "payload", text),
+        (12, "metadata", text),
+    ]
+    for attempt in range(2):  # the replay stores nothing and reports the same
+        reply = await _send(predictions, pb.BatchCreatePredictionsRequest(columns=cols))
+        assert [(r.index, r.field, r.reason) for r in reply.rejected] == expected
+        stored = n - len(expected)
+        assert (reply.created_count, reply.existing_count) == (
+            (stored, 0) if attempt == 0 else (0, stored)
+        )
+    async with db.connection() as conn:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM predictions WHERE prediction_id <> 'taken'"
+        )
+    assert count == stored
+    got = await predictions.GetPrediction(pb.GetPredictionRequest(prediction_id="dup-2"))
+    assert dict(got.prediction.payload) == {"a": 1.0}
+
+
 async def test_malformed_columns_reject_every_item(predictions: PredictionServiceStub) -> None:
     cols = columns(10, confidences=[0.5] * 9)
     reply = await _send(

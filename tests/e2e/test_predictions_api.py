@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from predictstore.app import RunningServer
 from predictstore.storage.database import Database
-from predictstore.transport.servicers.prediction_batch import BULK_CHUNK
+from predictstore.transport.servicers.prediction_batch import BULK_CHUNK, FIRST_CHUNK
 from predictstore.v1 import common_pb2
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
@@ -203,6 +203,39 @@ async def test_batch_across_copy_groups_stores_each_item_once(
         s5 = await conn.fetchval("SELECT context FROM predictions WHERE prediction_id = 's5'")
     assert rows == 3000 + new
     assert s5 == "home"
+
+
+async def test_batch_groups_in_flight_together_store_each_id_once(
+    predictions: PredictionServiceStub, db: Database
+) -> None:
+    # three groups: the first (FIRST_CHUNK items), then two of BULK_CHUNK, the last
+    # repeating ids of the one before it, which may still be writing when it is full
+    second, third = FIRST_CHUNK, FIRST_CHUNK + BULK_CHUNK
+    items = [prediction(f"g{i}", user_id=f"u{i % 7}") for i in range(third + BULK_CHUNK)]
+    for k in range(10):
+        items[third + k] = prediction(f"g{second + k}", user_id=f"u{(second + k) % 7}")
+        items[third + 10 + k] = prediction(f"g{second + 10 + k}", user_id="someone else")
+
+    reply = await predictions.BatchCreatePredictions(_messages(items, 1000))
+
+    distinct = len(items) - 20
+    assert (reply.created_count, reply.existing_count) == (distinct, 10)
+    assert sorted((r.index, r.reason) for r in reply.rejected) == [
+        (third + 10 + k, "exists with other content") for k in range(10)
+    ]
+    async with db.connection() as conn:
+        rows = await conn.fetchval("SELECT count(*) FROM predictions")
+        users = await conn.fetch(
+            "SELECT prediction_id, user_id FROM predictions WHERE prediction_id = ANY($1)",
+            [f"g{second + k}" for k in range(20)],
+        )
+    assert rows == distinct
+    assert {r["prediction_id"]: r["user_id"] for r in users} == {
+        f"g{second + k}": f"u{(second + k) % 7}" for k in range(20)
+    }
+    again = await predictions.BatchCreatePredictions(_messages(items, 1000))
+    assert (again.created_count, again.existing_count) == (0, distinct + 10)
+    assert again.rejected_count == 10
 
 
 async def _list(

@@ -316,3 +316,22 @@ async def test_bulk_create_of_stored_rows_stores_nothing(db: Database) -> None:
         rows = await conn.fetchval("SELECT count(*) FROM predictions")
         ids = await conn.fetchval("SELECT count(*) FROM prediction_ids")
     assert rows == ids == 300
+
+
+async def test_bulk_create_stores_ids_as_sent_with_one_create_time(db: Database) -> None:
+    # ids COPY's text format would read otherwise, beside plain ones
+    odd = ["back\\slash", "\\.", "\\N", "ends\\", "ünïcødé id"]
+    store = PredictionStore(db)
+    for ids in (odd, [f"plain-{i}" for i in range(50)]):
+        result = await store.create_many([make(pid) for pid in ids])
+        assert result.created == ids
+        for pid in ids:
+            got = await store.get(pid)
+            assert got is not None
+            assert got.same_content(make(pid))
+    async with db.connection() as conn:
+        same = await conn.fetch(
+            "SELECT i.create_time = p.create_time AS same "
+            "FROM prediction_ids i JOIN predictions p USING (prediction_id)"
+        )
+    assert [r["same"] for r in same] == [True] * (len(odd) + 50)

@@ -239,6 +239,14 @@ class Database:
             finally:
                 await self.pool.release(acquired, timeout=self.acquire_timeout_s)
 
+    def spare_connections(self) -> int:
+        """Connections of the primary's pool a call could take now without waiting:
+        the idle ones and those it has yet to open. A call that could use a second one
+        (a bulk write) takes it only when others would still find one free."""
+        pool = self.pool
+        spare: int = pool.get_idle_size() + pool.get_max_size() - pool.get_size()
+        return spare
+
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
         try:
             # asyncio.timeout, not acquire(timeout=): that runs the acquire as a task of

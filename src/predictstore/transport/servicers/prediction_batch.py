@@ -6,14 +6,19 @@ becomes one tuple (a PredictionRow, its JSON
 already text) and the tuples of a slice are validated column by column; the few that a
 column check flags are validated one by one for the exact violations. Good items gather
 in a group of distinct ids, written by one COPY (PredictionStore.create_rows) while the
-next group is decoded: the server's Python and PostgreSQL work at the same time, one
-group in flight per stream, groups committed in stream order.
+next group is decoded: the server's Python and PostgreSQL work at the same time.
+
+The database's work per item (two COPYs, five indexes, the jsonb columns) is most of a
+group's time, so two groups of a stream may write at once, each on its own connection:
+one transaction at a time leaves the second core idle. A group waits for every earlier
+group that shares an id with it (so a repeated id is judged against what the earlier one
+stored, and two transactions never claim one id), and writes beside another only when
+the pool has a connection to spare. The reply is sent once every group has committed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Sequence
 
@@ -28,14 +33,19 @@ from predictstore.domain.predictions import (
 from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.storage.predictions import PredictionStore
 from predictstore.transport.wire.convert import prediction_row_from_proto
-from predictstore.transport.wire.prediction_columns import MALFORMED, ColumnItems
+from predictstore.transport.wire.prediction_columns import MALFORMED, ColumnItems, json_violations
 from predictstore.v1 import prediction_service_pb2 as pb
 
 # Validated items gathered into one COPY: large enough to amortise a COPY's fixed cost,
 # small enough that writing one group overlaps decoding the next from early on.
 BULK_CHUNK = 10_000
+# A stream's first group is smaller: the database starts on it while the rest of the
+# first full group is still being decoded, instead of waiting out that decoding.
+FIRST_CHUNK = 2_000
+# Groups of one stream writing at once, each in a transaction on its own connection.
+GROUPS_IN_FLIGHT = 2
 # Items decoded at a stretch before the COPY in flight gets the event loop back: each of
-# its five round trips (BEGIN and now(), two COPYs, the marks, COMMIT) waits up to one
+# its five round trips (BEGIN, two COPYs, the marks, COMMIT) waits up to one
 # slice for the loop, so a slice is kept to a few milliseconds of decoding.
 DECODE_SLICE = 100
 # The same for items in column form, cheaper each.
@@ -65,7 +75,9 @@ class BatchWriter:
         self.response = pb.BatchCreatePredictionsResponse()
         self.rejected: list[pb.RejectedPrediction] = []
         self.group = _Group()
-        self.in_flight: asyncio.Task[set[str]] | None = None
+        self.chunk = FIRST_CHUNK  # items of the group being gathered, then BULK_CHUNK
+        # groups being written, oldest first, with the ids each holds
+        self.in_flight: list[tuple[asyncio.Task[set[str]], _Group]] = []
         self.stored_ids: list[tuple[int, str]] = []
         self.index = 0
 
@@ -98,16 +110,16 @@ class BatchWriter:
             return
         for start in range(0, items.count, COLUMN_SLICE):
             rows, violations = items.slice(start, min(start + COLUMN_SLICE, items.count))
-            pending = self.group.pending
+            pending, room = self.group.pending, self.chunk - 1
             for i, row in enumerate(rows, first + start):
                 if i - first - start in violations:
                     for v in violations[i - first - start]:
                         self.reject(i, row[0], v.field, v.description)
-                elif row[0] and row[0] not in pending and len(pending) < BULK_CHUNK - 1:
+                elif row[0] and row[0] not in pending and len(pending) < room:
                     pending[row[0]] = (i, row)  # what _take does with a new id, inline
                 else:
                     await self._take(i, row)
-                    pending = self.group.pending
+                    pending, room = self.group.pending, self.chunk - 1
             await asyncio.sleep(0)
 
     async def _add_slice(self, items: Sequence[pb.Prediction]) -> None:
@@ -138,6 +150,15 @@ class BatchWriter:
             row = (str(uuid.uuid4()), *row[1:])
         pid = row[0]
         earlier = self.group.pending.get(pid)
+        if earlier is not None:
+            # JSON the column form left to the database, read here to compare: a fault
+            # refuses its item (the earlier one's with its replays), as a slice check would
+            if faults := json_violations(row):
+                self._reject_all([index], pid, faults)
+                return
+            if faults := json_violations(earlier[1]):
+                self._reject_all([earlier[0], *self.group.replays.pop(pid, ())], pid, faults)
+                earlier = None
         if earlier is None:
             self.group.pending[pid] = (index, row)
         elif same_row(earlier[1], row):
@@ -152,19 +173,31 @@ class BatchWriter:
                 "prediction_id",
                 "repeats an earlier item of this stream with other content",
             )
-        if len(self.group.pending) >= BULK_CHUNK:
+        if len(self.group.pending) >= self.chunk:
             await self._start_write()
 
     async def _start_write(self) -> None:
-        """Hand the group to a COPY of its own, after the one in flight has committed."""
+        """Hand the group to a COPY of its own: beside at most one group in flight that
+        shares no id with it, and only with a connection to spare; else after them."""
         group, self.group = self.group, _Group()
-        await self._settle()
-        self.in_flight = asyncio.create_task(self._write(group))
+        self.chunk = BULK_CHUNK
+        beside = GROUPS_IN_FLIGHT - 1 if self.store.db.spare_connections() > 1 else 0
+        await self._settle(beside, group)
+        self.in_flight.append((asyncio.create_task(self._write(group)), group))
 
-    async def _settle(self) -> set[str]:
-        """Wait for the COPY in flight; the ids it refused (other content stored)."""
-        task, self.in_flight = self.in_flight, None
-        return set() if task is None else await task
+    async def _settle(self, keep: int = 0, group: _Group | None = None) -> set[str]:
+        """Wait for groups in flight, oldest first, until at most ``keep`` are left and
+        none of them shares an id with ``group``; the ids they refused (other content
+        stored)."""
+        refused: set[str] = set()
+        ids = group.pending.keys() if group is not None else None
+        while self.in_flight and (
+            len(self.in_flight) > keep
+            or (ids is not None and any(not ids.isdisjoint(g.pending) for _, g in self.in_flight))
+        ):
+            task, _ = self.in_flight.pop(0)
+            refused |= await task
+        return refused
 
     async def _write_now(self) -> set[str]:
         if self.group.pending:
@@ -172,21 +205,44 @@ class BatchWriter:
         return await self._settle()
 
     async def _write(self, group: _Group) -> set[str]:
-        """Write the group; returns the ids refused because the store has other content."""
-        result = await self.store.create_rows([row for _, row in group.pending.values()])
+        """Write the group; returns the ids refused: the store has other content, or the
+        database refused their JSON."""
+        refused: set[str] = set()
+        try:
+            result = await self.store.create_rows([row for _, row in group.pending.values()])
+        except InvalidArgument:
+            # a document left to the database was refused, and nothing stored: find which
+            faulty = {
+                pid: f for pid, (_, row) in group.pending.items() if (f := json_violations(row))
+            }
+            if not faulty:
+                raise
+            for pid, faults in faulty.items():
+                index, _ = group.pending.pop(pid)
+                self._reject_all([index, *group.replays.pop(pid, ())], pid, faults)
+            refused.update(faulty)
+            result = await self.store.create_rows([row for _, row in group.pending.values()])
         self.response.created_count += len(result.created)
         self.response.existing_count += len(result.existing)
         conflicting = set(result.conflicting)
-        for pid, (index, _) in group.pending.items():
+        for pid, (index, row) in group.pending.items():
             if pid in conflicting:
-                for i in [index, *group.replays.get(pid, ())]:
-                    self.reject(i, pid, "prediction_id", "exists with other content")
+                # a taken id's JSON was not parsed by the database: its faults come first
+                faults = json_violations(row) or [
+                    FieldViolation("prediction_id", "exists with other content")
+                ]
+                self._reject_all([index, *group.replays.get(pid, ())], pid, faults)
             else:
                 self.stored_ids.append((index, pid))
                 for i in group.replays.get(pid, ()):
                     self.response.existing_count += 1
                     self.stored_ids.append((i, pid))
-        return conflicting
+        return refused | conflicting
+
+    def _reject_all(self, indexes: list[int], pid: str, faults: list[FieldViolation]) -> None:
+        for i in indexes:
+            for v in faults:
+                self.reject(i, pid, v.field, v.description)
 
     async def reply(self) -> pb.BatchCreatePredictionsResponse:
         """Write what is left and answer, once every group has committed."""
@@ -198,10 +254,10 @@ class BatchWriter:
         return self.response
 
     async def abandon(self) -> None:
-        """The stream failed: stop the COPY in flight (it commits all of its group or
+        """The stream failed: stop the COPYs in flight (each commits all of its group or
         nothing)."""
-        task, self.in_flight = self.in_flight, None
-        if task is not None:
+        tasks = [task for task, _ in self.in_flight]
+        self.in_flight = []
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
