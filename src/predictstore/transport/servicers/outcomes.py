@@ -24,6 +24,7 @@ from predictstore.settings import Settings
 from predictstore.storage.database import Database
 from predictstore.storage.outcomes import OutcomeStore
 from predictstore.transport.interceptors import audit
+from predictstore.transport.servicers.write_groups import GroupsInFlight
 from predictstore.transport.wire.convert import (
     dict_to_struct,
     optional_datetime,
@@ -186,12 +187,10 @@ class OutcomeWriteHandlers:
                     )
                 )
 
-        # groups being written while the next one is decoded, oldest first, with their
-        # ids and whether they hold columns. A group waits for every earlier group that
-        # shares an id with it (so its read sees them); a group with columns may write
-        # beside one other such group of other ids (the database's work per item is
-        # then spread over two connections); a group of rows only waits for them all
-        in_flight: list[tuple[asyncio.Task[None], set[str], bool]] = []
+        # groups being written while the next one is decoded. A group with columns may
+        # write beside one other such group of other ids (the database's work per item
+        # is then spread over two connections); a group of rows waits for them all
+        in_flight: GroupsInFlight[None] = GroupsInFlight()
         metadata_cache: MetadataCache = {}
         # whether a column group looks up stored outcomes before its COPY: not until a
         # group of the stream meets one (a first load then skips the read)
@@ -215,22 +214,14 @@ class OutcomeWriteHandlers:
             reply.corrected_count += result.corrected
             reply.unmatched_count += sum(1 + repeats.get(pid, 0) for pid in result.unmatched)
 
-        async def settle(keep: int, ids: set[str]) -> None:
-            """Wait for groups in flight, oldest first, until at most ``keep`` are left
-            and none of them shares an id with ``ids``."""
-            while in_flight and (
-                len(in_flight) > keep or any(not ids.isdisjoint(i) for _, i, _ in in_flight)
-            ):
-                task = in_flight.pop(0)[0]
-                await task
-
         async def flush() -> None:
             nonlocal pending, replays, blocks, block_ids
             ids = block_ids.union(pending)
-            beside = bool(blocks) and all(columns for _, _, columns in in_flight)
-            await settle(COLUMN_GROUPS_IN_FLIGHT - 1 if beside else 0, ids)
-            task = asyncio.ensure_future(write(list(pending.values()), blocks, replays))
-            in_flight.append((task, ids, bool(blocks)))
+            beside = bool(blocks) and in_flight.all_concurrent()
+            await in_flight.settle(COLUMN_GROUPS_IN_FLIGHT - 1 if beside else 0, ids)
+            in_flight.start(
+                write(list(pending.values()), blocks, replays), ids, concurrent=bool(blocks)
+            )
             pending, replays, blocks, block_ids = {}, {}, [], set()
 
         async def add(outcome: Outcome) -> None:
@@ -307,11 +298,7 @@ class OutcomeWriteHandlers:
                         await flush()
             if pending or blocks:
                 await flush()
-            await settle(0, set())
+            await in_flight.settle()
         finally:
-            if in_flight:  # the stream failed: the groups in flight are cancelled
-                tasks = [task for task, _, _ in in_flight]
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await in_flight.cancel()  # nothing left unless the stream failed
         return reply

@@ -32,6 +32,7 @@ from predictstore.domain.predictions import (
 )
 from predictstore.errors import FieldViolation, InvalidArgument
 from predictstore.storage.predictions import PredictionStore
+from predictstore.transport.servicers.write_groups import GroupsInFlight
 from predictstore.transport.wire.convert import prediction_row_from_proto
 from predictstore.transport.wire.prediction_columns import MALFORMED, ColumnItems, json_violations
 from predictstore.v1 import prediction_service_pb2 as pb
@@ -76,8 +77,8 @@ class BatchWriter:
         self.rejected: list[pb.RejectedPrediction] = []
         self.group = _Group()
         self.chunk = FIRST_CHUNK  # items of the group being gathered, then BULK_CHUNK
-        # groups being written, oldest first, with the ids each holds
-        self.in_flight: list[tuple[asyncio.Task[set[str]], _Group]] = []
+        # groups being written, each returning the ids it refused
+        self.in_flight: GroupsInFlight[set[str]] = GroupsInFlight()
         self.stored_ids: list[tuple[int, str]] = []
         self.index = 0
 
@@ -183,21 +184,14 @@ class BatchWriter:
         self.chunk = BULK_CHUNK
         beside = GROUPS_IN_FLIGHT - 1 if self.store.db.spare_connections() > 1 else 0
         await self._settle(beside, group)
-        self.in_flight.append((asyncio.create_task(self._write(group)), group))
+        self.in_flight.start(self._write(group), group.pending.keys())
 
     async def _settle(self, keep: int = 0, group: _Group | None = None) -> set[str]:
         """Wait for groups in flight, oldest first, until at most ``keep`` are left and
         none of them shares an id with ``group``; the ids they refused (other content
         stored)."""
-        refused: set[str] = set()
-        ids = group.pending.keys() if group is not None else None
-        while self.in_flight and (
-            len(self.in_flight) > keep
-            or (ids is not None and any(not ids.isdisjoint(g.pending) for _, g in self.in_flight))
-        ):
-            task, _ = self.in_flight.pop(0)
-            refused |= await task
-        return refused
+        ids = group.pending.keys() if group is not None else frozenset()
+        return set().union(*await self.in_flight.settle(keep, ids))
 
     async def _write_now(self) -> set[str]:
         if self.group.pending:
@@ -256,8 +250,4 @@ class BatchWriter:
     async def abandon(self) -> None:
         """The stream failed: stop the COPYs in flight (each commits all of its group or
         nothing)."""
-        tasks = [task for task, _ in self.in_flight]
-        self.in_flight = []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.in_flight.cancel()
