@@ -84,11 +84,11 @@ SELECT ARRAY(SELECT unnest($1::text[])
              WHERE prediction_id = ANY ($1::text[])) AS missing
 """
 
-# The ids of the pending outcomes (see the module docstring).
-PENDING_OUTCOME_IDS = """
-SELECT o.prediction_id FROM outcomes AS o
-WHERE o.write_xid >= (SELECT resolved_below FROM evaluation_outcome_watermark)
-"""
+# Which outcomes (aliased o) are pending (see the module docstring).
+_PENDING = "o.write_xid >= (SELECT resolved_below FROM evaluation_outcome_watermark)"
+
+# The ids of the pending outcomes.
+PENDING_OUTCOME_IDS = f"SELECT o.prediction_id FROM outcomes AS o WHERE {_PENDING}"
 
 # The cells of the stored predictions of the pending outcomes.
 PENDING_OUTCOME_CELLS = cells_of(stored_predictions(f"ARRAY({PENDING_OUTCOME_IDS})"))
@@ -104,8 +104,7 @@ OLDEST_RUNNING = "SELECT pg_snapshot_xmin(pg_current_snapshot())"
 # many outcomes it took.
 RESOLVE_OUTCOMES = f"""
 WITH first AS (
-    SELECT o.prediction_id, o.write_xid FROM outcomes AS o
-    WHERE o.write_xid >= (SELECT resolved_below FROM evaluation_outcome_watermark)
+    SELECT o.prediction_id, o.write_xid FROM outcomes AS o WHERE {_PENDING}
     ORDER BY o.write_xid LIMIT $1
 ), last AS (
     SELECT max(write_xid) AS xid, count(*) AS taken FROM first
@@ -122,9 +121,8 @@ moved AS (
         WHEN (SELECT taken FROM last) < $1 THEN $2::xid8
         ELSE least($2::xid8, ((SELECT xid FROM last)::text::bigint + 1)::text::xid8)
     END
-    RETURNING resolved_below
 )
-SELECT (SELECT count(*) FROM batch) AS taken, (SELECT count(*) FROM moved) AS moved
+SELECT count(*) AS taken FROM batch
 """
 
 
