@@ -16,10 +16,8 @@ from predictstore.domain.metrics import (
     series_bytes,
     validate_series,
 )
+from predictstore.storage.copy_format import COPY_HEADER, COPY_TRAILER, PG_EPOCH_US
 from predictstore.storage.metrics_write import (
-    COPY_HEADER,
-    COPY_TRAILER,
-    PG_EPOCH_US,
     copy_payload,
     encode_rows,
 )

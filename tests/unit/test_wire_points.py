@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 
 from predictstore.domain import resume
+from predictstore.storage.copy_format import COPY_HEADER, COPY_TRAILER, PG_EPOCH_US
 from predictstore.storage.metrics_read import (
-    COPY_HEADER,
-    COPY_TRAILER,
-    PG_EPOCH_US,
     CopyRows,
     PointBatch,
     PointKey,

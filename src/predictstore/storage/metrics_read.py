@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from predictstore.errors import ResourceExhausted
 from predictstore.storage import metrics_rollup
+from predictstore.storage.copy_format import COPY_HEADER, COPY_TRAILER, PG_EPOCH_US
 from predictstore.storage.database import Database, Params
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,8 +46,6 @@ WINDOW_FETCHES = 4
 # length and big-endian bytes: time (int8 microseconds since 2000-01-01), series_id (int4),
 # value (float8). The columns are NOT NULL, so every row has this one shape, 34 bytes,
 # and numpy reads a whole chunk of rows at once. A two-byte -1 ends the data.
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-COPY_TRAILER = b"\xff\xff"
 COPY_ROW = np.dtype(
     [
         ("fields", ">i2"),
@@ -58,8 +57,6 @@ COPY_ROW = np.dtype(
         ("value", ">f8"),
     ]
 )
-# PostgreSQL's epoch (2000-01-01) in microseconds since the Unix one.
-PG_EPOCH_US = 946_684_800_000_000
 # Bucket origin of both modes: TimescaleDB's default (a Monday at midnight UTC), so hour,
 # day and week buckets line up the same way whichever mode computes them.
 BUCKET_ORIGIN_SQL = "'2000-01-03 00:00:00+00'::timestamptz"

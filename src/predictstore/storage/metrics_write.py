@@ -23,16 +23,14 @@ import numpy.typing as npt
 
 from predictstore.domain.metrics import SeriesKey, Times, Values
 from predictstore.errors import ResourceExhausted
+from predictstore.storage.copy_format import COPY_HEADER, COPY_TRAILER, PG_EPOCH_US
 from predictstore.storage.database import Database, translate_errors
 
 log = logging.getLogger(__name__)
 
 SeriesIds = npt.NDArray[np.signedinteger[Any]]
 
-PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds
 UNIX_EPOCH = date(1970, 1, 1)
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, extension length
-COPY_TRAILER = b"\xff\xff"
 COPY_COLUMNS = ("time", "series_id", "value")
 
 # One row of binary COPY: field count, then (length, value) per column, big-endian.

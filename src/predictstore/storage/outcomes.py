@@ -16,7 +16,7 @@ import json
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -32,6 +32,7 @@ from predictstore.domain.outcomes import (
 )
 from predictstore.errors import Unavailable
 from predictstore.storage import invalidation
+from predictstore.storage.copy_format import COPY_HEADER, COPY_TRAILER, PG_EPOCH, PG_EPOCH_US
 from predictstore.storage.database import Database
 
 COLUMNS = "prediction_id, observed_value, observed_label, observe_time, metadata, record_time"
@@ -92,10 +93,7 @@ RETURNING o.prediction_id, (o.xmax = 0) AS created
 # Attempts of a column write undone by a deadlock with a concurrent one.
 WRITE_ATTEMPTS = 3
 
-# Binary COPY framing (PostgreSQL's COPY BINARY format) and timestamptz's epoch.
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_COPY_TRAILER = b"\xff\xff"
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Binary COPY row framing (storage.copy_format has the file's).
 _MICROSECOND = timedelta(microseconds=1)
 _ROW_START = struct.Struct(">hi").pack  # 5 columns, then the id's length
 _VALUE = struct.Struct(">id").pack
@@ -178,7 +176,7 @@ def _columns(items: Sequence[Outcome]) -> tuple[list[Any], ...]:
 def _copy_payload(items: Sequence[Outcome]) -> bytes:
     """``items`` in COPY's binary format for the columns WRITE_COLUMNS: built here in one
     pass, since the pool's text-format jsonb codec cannot fill a jsonb column by COPY."""
-    parts = [_COPY_HEADER]
+    parts = [COPY_HEADER]
     append = parts.append
     dumped: dict[int, bytes] = {}  # by id(): every item (so its metadata) outlives the call
     for o in items:
@@ -193,18 +191,16 @@ def _copy_payload(items: Sequence[Outcome]) -> bytes:
             append(_TEXT_LENGTH(len(label)))
             append(label)
         assert o.observe_time is not None  # validated
-        append(_TIME(8, (o.observe_time - _PG_EPOCH) // _MICROSECOND))
+        append(_TIME(8, (o.observe_time - PG_EPOCH) // _MICROSECOND))
         metadata = dumped.get(id(o.metadata))
         if metadata is None:  # items often share one metadata object
             metadata = dumped[id(o.metadata)] = _dump(o.metadata).encode()
         append(_JSONB(len(metadata) + 1, 1))
         append(metadata)
-    append(_COPY_TRAILER)
+    append(COPY_TRAILER)
     return b"".join(parts)
 
 
-# Unix microseconds of PostgreSQL's epoch, and each column's fixed framing.
-_PG_EPOCH_US = unix_micros(_PG_EPOCH)
 _U8 = np.uint8
 
 
@@ -251,10 +247,10 @@ def _columns_copy_payload(c: OutcomeColumns) -> bytes:
         meta, meta_len = _encoded(c.metadata)
     # per row: count(2) id(4+k) value(12 | 4) label(4 | 4+k) time(12) metadata(5+k)
     size = 31 + id_len + label_len + meta_len + 8 * numeric
-    start = len(_COPY_HEADER) + np.cumsum(size) - size
-    total = len(_COPY_HEADER) + int(size.sum()) + len(_COPY_TRAILER)
+    start = len(COPY_HEADER) + np.cumsum(size) - size
+    total = len(COPY_HEADER) + int(size.sum()) + len(COPY_TRAILER)
     buf = np.zeros(total, dtype=_U8)
-    buf[: len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, _U8)
+    buf[: len(COPY_HEADER)] = np.frombuffer(COPY_HEADER, _U8)
     buf[total - 2 :] = 0xFF
     buf[start + 1] = 5
     _put(buf, start + 2, id_len.astype(">i4"))
@@ -269,7 +265,7 @@ def _columns_copy_payload(c: OutcomeColumns) -> bytes:
     _scatter(buf, at + 4, labels, label_len)
     at = at + 4 + label_len  # the time
     _put(buf, at, np.full(n, 8, dtype=">i4"))
-    _put(buf, at + 4, (c.times - _PG_EPOCH_US).astype(">i8"))
+    _put(buf, at + 4, (c.times - PG_EPOCH_US).astype(">i8"))
     at = at + 12  # the metadata, as jsonb: its version byte, then the text
     _put(buf, at, (meta_len + 1).astype(">i4"))
     buf[at + 4] = 1
