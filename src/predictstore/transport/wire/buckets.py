@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from predictstore.storage.metrics_read import BucketBatch, Floats, Ints
+from predictstore.transport.wire.prediction_wire import varint
 
 VARINT, I64, LEN = 0, 1, 2
 
@@ -45,16 +46,6 @@ PERCENTILE, PERCENTILE_VALUE = _tag(1, I64), _tag(2, I64)
 PERCENTILE_BYTES = 20
 
 Bytes = npt.NDArray[np.uint8]
-
-
-def varint(value: int) -> bytes:
-    """One unsigned varint (lengths of strings)."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _varint_sizes(values: Ints) -> Ints:
