@@ -189,7 +189,8 @@ class OutcomeWriteHandlers:
 
         # groups being written while the next one is decoded. A group with columns may
         # write beside one other such group of other ids (the database's work per item
-        # is then spread over two connections); a group of rows waits for them all
+        # is then spread over two connections) when the pool has a connection to spare
+        # for other calls; a group of rows waits for them all
         in_flight: GroupsInFlight[None] = GroupsInFlight()
         metadata_cache: MetadataCache = {}
         # whether a column group looks up stored outcomes before its COPY: not until a
@@ -217,8 +218,9 @@ class OutcomeWriteHandlers:
         async def flush() -> None:
             nonlocal pending, replays, blocks, block_ids
             ids = block_ids.union(pending)
-            beside = bool(blocks) and in_flight.all_concurrent()
-            await in_flight.settle(COLUMN_GROUPS_IN_FLIGHT - 1 if beside else 0, ids)
+            most = COLUMN_GROUPS_IN_FLIGHT - 1 if blocks and in_flight.all_concurrent() else 0
+            beside = in_flight.room_beside(most, self.store.db.spare_connections())
+            await in_flight.settle(beside, ids)
             in_flight.start(
                 write(list(pending.values()), blocks, replays), ids, concurrent=bool(blocks)
             )

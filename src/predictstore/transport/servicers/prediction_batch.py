@@ -182,7 +182,7 @@ class BatchWriter:
         shares no id with it, and only with a connection to spare; else after them."""
         group, self.group = self.group, _Group()
         self.chunk = BULK_CHUNK
-        beside = GROUPS_IN_FLIGHT - 1 if self.store.db.spare_connections() > 1 else 0
+        beside = self.in_flight.room_beside(GROUPS_IN_FLIGHT - 1, self.store.db.spare_connections())
         await self._settle(beside, group)
         self.in_flight.start(self._write(group), group.pending.keys())
 

@@ -36,6 +36,14 @@ class GroupsInFlight(Generic[T]):
         """Write a group (``ids`` its ids); ``concurrent``: it may write beside others."""
         self._flights.append(_Flight(asyncio.create_task(write), ids, concurrent))
 
+    @staticmethod
+    def room_beside(most: int, spare_connections: int) -> int:
+        """How many groups a new one may write beside: at most ``most``, and only so many
+        that, with ``spare_connections`` of the pool free now, one is left for other
+        calls even if each group in flight has yet to take its connection. A stream
+        always gets one."""
+        return max(0, min(most, spare_connections - 2))
+
     def all_concurrent(self) -> bool:
         """Whether every group in flight may write beside another."""
         return all(f.concurrent for f in self._flights)
