@@ -461,18 +461,18 @@ async def _export(client: Client, args: argparse.Namespace, fmt: str) -> int:
 
 def aio_channel(settings: Settings, target: str, args: argparse.Namespace) -> grpc.aio.Channel:
     """Plaintext, or TLS when the settings or the flags say so (as ``keys``/``health``)."""
+    from predictstore.probe import tls_credentials
 
-    def read(path: Path | None) -> bytes | None:
-        return None if path is None else path.read_bytes()
-
-    if settings.tls_cert_file is None and args.ca_file is None:
-        return grpc.aio.insecure_channel(target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=read(args.ca_file or settings.tls_cert_file),
-        private_key=read(args.client_key),
-        certificate_chain=read(args.client_cert),
+    secure = tls_credentials(
+        settings,
+        ca_file=args.ca_file,
+        server_name=args.server_name,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
     )
-    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+    if secure is None:
+        return grpc.aio.insecure_channel(target)
+    credentials, options = secure
     return grpc.aio.secure_channel(target, credentials, options=options)
 
 

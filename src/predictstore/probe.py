@@ -28,24 +28,34 @@ def _read(path: Path | None) -> bytes | None:
     return None if path is None else path.read_bytes()
 
 
-def channel_for(
+def tls_credentials(
     settings: Settings,
-    target: str,
     *,
     ca_file: Path | None = None,
     server_name: str | None = None,
     client_cert: Path | None = None,
     client_key: Path | None = None,
-) -> grpc.Channel:
-    """Plaintext, or TLS trusting ``ca_file`` (default: the server's own certificate)."""
-    if settings.tls_cert_file is None:
-        return grpc.insecure_channel(target)
+) -> tuple[grpc.ChannelCredentials, list[tuple[str, str]]] | None:
+    """TLS credentials and channel options when the server's settings carry a certificate
+    or ``ca_file`` is given (trusted; default: the server's own certificate); None for
+    plaintext. Every command that dials the server (health, keys, export) uses these."""
+    if settings.tls_cert_file is None and ca_file is None:
+        return None
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(ca_file or settings.tls_cert_file),
         private_key=_read(client_key),
         certificate_chain=_read(client_cert),
     )
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return credentials, options
+
+
+def channel_for(settings: Settings, target: str, **tls: Any) -> grpc.Channel:
+    """Plaintext, or TLS as :func:`tls_credentials` says (``tls``: its flags)."""
+    secure = tls_credentials(settings, **tls)
+    if secure is None:
+        return grpc.insecure_channel(target)
+    credentials, options = secure
     return grpc.secure_channel(target, credentials, options=options)
 
 

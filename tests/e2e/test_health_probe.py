@@ -66,3 +66,23 @@ async def test_health_speaks_tls_when_the_server_does(
         assert "SERVING" in output
     finally:
         await running.stop(0)
+
+
+async def test_a_ca_file_alone_asks_for_tls(
+    settings: Settings, db: Database, pki: dict[str, Path | bytes]
+) -> None:
+    # a probe on another host: its settings name no server certificate, only the CA
+    tls = replace_settings(
+        settings, tls_cert_file=pki["server.pem"], tls_key_file=pki["server.key"]
+    )
+    running = await start_server(tls, db, listen="127.0.0.1:0")
+    try:
+        address = ("--address", f"127.0.0.1:{running.port}")
+        code, output = await _health(
+            *address, "--ca-file", str(pki["ca.pem"]), "--server-name", "localhost"
+        )
+        assert (code, output.strip()) == (0, f"127.0.0.1:{running.port}: SERVING")
+        code, output = await _health(*address)  # plaintext against a TLS server
+        assert code == 1, output
+    finally:
+        await running.stop(0)
