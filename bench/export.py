@@ -15,7 +15,13 @@ days: 1,000 prediction ids x 10 metric names, two tags). Measured:
 - import: AdminService.StartImport of the exported file into empty tables (series
   created on the way), until GetImportJob says completed.
 
-    python bench/export.py [--database-url URL] [--points N]
+After one untimed COPY out (the first read after the load warms the caches), raw COPY
+out and export run --rounds times (default 3), alternated, against the same stored
+points: ``ratio_export`` is the median export rate over the median COPY out rate, and
+each round's ratio is printed too (``ratio_export_by_round``), so a busy spell of the
+machine, which falls on one round, neither makes nor breaks the figure.
+
+    python bench/export.py [--database-url URL] [--points N] [--rounds N]
 
 Without --database-url an embedded PostgreSQL runs in a temporary directory. With it,
 the bench creates (and drops) its own database on that server. The last line printed
@@ -29,6 +35,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -142,7 +149,9 @@ async def import_file(target: str, url: str, points: Points, name: str) -> float
     return len(points) / elapsed
 
 
-async def bench(admin_url: str, count: int, workdir: Path, parallel: int = 2) -> dict[str, object]:
+async def bench(
+    admin_url: str, count: int, workdir: Path, parallel: int = 2, rounds: int = 3
+) -> dict[str, object]:
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
@@ -169,24 +178,35 @@ async def bench(admin_url: str, count: int, workdir: Path, parallel: int = 2) ->
         conn = await asyncpg.connect(url)
         await conn.execute("VACUUM ANALYZE metric_points")
         await conn.close()
-        copy_out = await raw_copy_out(url, points, workdir / "copy.csv")
-        log(f"raw COPY out (CSV, joined to series, time order): {copy_out:,.0f} points/s")
         parquet = workdir / "points.parquet"
+        per_point = 1e6 / len(points)
+        copy_outs: list[float] = []
+        exports: list[float] = []
         with (
             env(PREDICTSTORE_IMPORT_DIR=str(imports)),
             server_process(url, workdir) as (target, pid),
         ):
             await wait_serving(target)
-            server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
-            exported = await asyncio.to_thread(export, target, points, parquet, parallel)
-            server_cpu = cpu_seconds(pid) - server_cpu
-            client_cpu = time.process_time() - client_cpu
-            per_point = 1e6 / len(points)
-            log(
-                f"  CPU per point: server {server_cpu * per_point:.2f} us, "
-                f"export client {client_cpu * per_point:.2f} us"
-            )
-            log(f"export to Parquet, {parallel} slices at once: {exported:,.0f} points/s")
+            # untimed: the first read of the points after loading them warms the caches
+            # for whichever side would come first
+            await raw_copy_out(url, points, workdir / "copy.csv")
+            for round_ in range(1, rounds + 1):
+                # alternated, so a busy spell of the machine falls on both sides
+                copy_outs.append(await raw_copy_out(url, points, workdir / "copy.csv"))
+                server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+                exports.append(await asyncio.to_thread(export, target, points, parquet, parallel))
+                server_cpu = cpu_seconds(pid) - server_cpu
+                client_cpu = time.process_time() - client_cpu
+                log(
+                    f"round {round_}: raw COPY out (CSV, joined to series, time order) "
+                    f"{copy_outs[-1]:,.0f} points/s; export to Parquet, {parallel} slices "
+                    f"at once, {exports[-1]:,.0f} points/s "
+                    f"({exports[-1] / copy_outs[-1]:.3f}); CPU per point: server "
+                    f"{server_cpu * per_point:.2f} us, export client "
+                    f"{client_cpu * per_point:.2f} us"
+                )
+            copy_out, exported = statistics.median(copy_outs), statistics.median(exports)
+            log(f"medians of {rounds}: raw COPY out {copy_out:,.0f}, export {exported:,.0f}")
             size_mb = parquet.stat().st_size / 1e6
             csv_mb = (workdir / "copy.csv").stat().st_size / 1e6
             log(f"  Parquet {size_mb:,.1f} MB; COPY CSV {csv_mb:,.1f} MB")
@@ -209,6 +229,8 @@ async def bench(admin_url: str, count: int, workdir: Path, parallel: int = 2) ->
         "export_points_per_s": round(exported),
         "raw_copy_out_per_s": round(copy_out),
         "ratio_export": round(exported / copy_out, 3),
+        "export_rounds": rounds,
+        "ratio_export_by_round": [round(e / c, 3) for e, c in zip(exports, copy_outs, strict=True)],
         "import_points_per_s": round(imported),
         "raw_copy_in_per_s": round(copy_in),
         "ratio_import": round(imported / copy_in, 3),
@@ -222,9 +244,15 @@ def main() -> None:
     parser.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
     parser.add_argument("--points", type=int, default=5_000_000, help="points to move")
     parser.add_argument("--parallel", type=int, default=2, help="export --parallel (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="export and raw COPY out rounds, alternated"
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     result = run_on_server(
-        lambda url, workdir: bench(url, args.points, workdir, args.parallel), args.database_url
+        lambda url, workdir: bench(url, args.points, workdir, args.parallel, args.rounds),
+        args.database_url,
     )
     print(json.dumps(result), flush=True)
 
