@@ -17,11 +17,14 @@ small JSON payload and metadata, a forecast on every other one). Measured:
   --clients client processes (default 2) with --in-flight calls each, calls/s and
   p50/p99 latency, against a bare grpc.aio server with an asyncpg pool running the same
   statement and building the same response: no interceptors, no validation, the limit
-  of this stack;
+  of this stack; --rounds times (default 3), the two alternated and the side that goes
+  first swapped each round, medians reported (a unary run lasts seconds, and a busy
+  spell of the shared machine would otherwise land on one side only);
 - ListPredictions of every stored prediction, one stream, against a raw asyncpg cursor
   over the same query.
 
     python bench/predictions.py [--database-url URL] [--predictions N] [--unary-calls N]
+        [--rounds N]
 
 Without --database-url an embedded PostgreSQL runs in a temporary directory. With it,
 the bench creates (and drops) its own database on that server. ``batch_per_s`` and
@@ -38,6 +41,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,7 +61,6 @@ from ingest import (
     CpuMeter,
     CpuUse,
     _stream,
-    cpu_seconds,
     postmaster_pid,
     server_process,
     wait_serving,
@@ -403,38 +406,51 @@ async def wait_bare(target: str) -> None:
 
 
 async def unary_figures(
-    url: str, stored: int, calls: int, clients: int, in_flight: int, workdir: Path
+    url: str, stored: int, calls: int, clients: int, in_flight: int, workdir: Path, rounds: int
 ) -> dict[str, dict[str, float]]:
-    figures = {}
+    """Each method on the service and on the bare server, ``rounds`` times, alternated
+    (the side that goes first swaps each round): per side the median of the rounds'
+    calls/s, p50 and p99, and the service's CPU over all its rounds."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    cpu: dict[str, CpuUse] = {}
+    server_cpu: dict[str, float] = {}
     postmaster = await postmaster_pid(url)
-    with server_process(url, workdir) as (target, pid):
+    with (
+        server_process(url, workdir) as (target, pid),
+        bare_process(url) as (bare_target, bare_pid),
+    ):
         await wait_serving(target)
-        for method in ("create", f"get:{stored}"):
-            meter = CpuMeter(pid, postmaster)
-            meter.start()
-            figures[method.split(":")[0]] = result = await unary(
-                target, method, calls, clients, in_flight
-            )
-            use = meter.stop()
-            result.update(use.per_core(calls * clients))
-            cpu = use.server_s / (calls * clients)
-            log(
-                f"{method.split(':')[0]}: {result['per_s']:,.0f} calls/s, p50 "
-                f"{result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, server CPU "
-                f"{cpu * 1e6:.0f} us/call, PostgreSQL CPU "
-                f"{use.postgres_s / (calls * clients) * 1e6:.0f} us/call"
-            )
-    with bare_process(url) as (target, pid):
-        await wait_bare(target)
-        for method in ("create", f"get:{stored}"):
-            cpu_before = cpu_seconds(pid)
-            name = "bare_" + method.split(":")[0]
-            figures[name] = result = await unary(target, method, calls, clients, in_flight)
-            cpu = (cpu_seconds(pid) - cpu_before) / (calls * clients)
-            log(
-                f"{name}: {result['per_s']:,.0f} calls/s, p50 {result['p50_ms']:.2f} ms, "
-                f"p99 {result['p99_ms']:.2f} ms, server CPU {cpu * 1e6:.0f} us/call"
-            )
+        await wait_bare(bare_target)
+        for round_ in range(rounds):
+            for method in ("create", f"get:{stored}"):
+                name = method.split(":")[0]
+                sides = [(name, target, pid), ("bare_" + name, bare_target, bare_pid)]
+                for side, side_target, side_pid in sides[:: 1 if round_ % 2 == 0 else -1]:
+                    meter = CpuMeter(side_pid, postmaster)
+                    meter.start()
+                    result = await unary(side_target, method, calls, clients, in_flight)
+                    use = meter.stop()
+                    runs.setdefault(side, []).append(result)
+                    earlier = cpu.get(side, CpuUse(0.0, 0.0))
+                    cpu[side] = CpuUse(
+                        earlier.server_s + use.server_s, earlier.postgres_s + use.postgres_s
+                    )
+                    server_cpu[side] = use.server_s / (calls * clients)
+                    log(
+                        f"round {round_ + 1}, {side}: {result['per_s']:,.0f} calls/s, p50 "
+                        f"{result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, server "
+                        f"CPU {server_cpu[side] * 1e6:.0f} us/call, PostgreSQL CPU "
+                        f"{use.postgres_s / (calls * clients) * 1e6:.0f} us/call"
+                    )
+    figures: dict[str, dict[str, float]] = {}
+    for side, results in runs.items():
+        figures[side] = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        figures[side].update(cpu[side].per_core(calls * clients * rounds))
+        figures[side]["per_s_by_round"] = [round(r["per_s"]) for r in results]  # type: ignore[assignment]
+        log(
+            f"{side}, medians of {rounds}: {figures[side]['per_s']:,.0f} calls/s, p50 "
+            f"{figures[side]['p50_ms']:.2f} ms, p99 {figures[side]['p99_ms']:.2f} ms"
+        )
     return figures
 
 
@@ -473,7 +489,13 @@ async def listing(url: str, count: int, workdir: Path) -> tuple[float, float]:
 
 
 async def bench(
-    url: str | None, count: int, workdir: Path, calls: int, clients: int, in_flight: int
+    url: str | None,
+    count: int,
+    workdir: Path,
+    calls: int,
+    clients: int,
+    in_flight: int,
+    rounds: int = 3,
 ) -> dict[str, object]:
     async with bench_database(url) as db_url:
         conn = await asyncpg.connect(db_url)
@@ -500,7 +522,7 @@ async def bench(
         # the table now holds the `count` predictions of the last run
         list_per_s, cursor_per_s = await listing(db_url, count, workdir)
         log(f"ListPredictions {list_per_s:,.0f} rows/s, raw cursor {cursor_per_s:,.0f} rows/s")
-        u = await unary_figures(db_url, count, calls, clients, in_flight, workdir)
+        u = await unary_figures(db_url, count, calls, clients, in_flight, workdir, rounds)
     big = SIZES[-1]
     return {
         "predictions": count,
@@ -527,6 +549,9 @@ async def bench(
         "unary_get_per_s": round(u["get"]["per_s"]),
         "bare_unary_get_per_s": round(u["bare_get"]["per_s"]),
         "ratio_unary_get_vs_bare": round(u["get"]["per_s"] / u["bare_get"]["per_s"], 3),
+        "unary_rounds": rounds,
+        "unary_get_per_s_by_round": u["get"]["per_s_by_round"],
+        "bare_unary_get_per_s_by_round": u["bare_get"]["per_s_by_round"],
         "p50_get_ms": round(u["get"]["p50_ms"], 2),
         "p99_get_ms": round(u["get"]["p99_ms"], 2),
         "bare_p99_get_ms": round(u["bare_get"]["p99_ms"], 2),
@@ -549,9 +574,14 @@ def main() -> None:
     )
     parser.add_argument("--clients", type=int, default=2, help="unary client processes (>= 2)")
     parser.add_argument("--in-flight", type=int, default=8, help="calls in flight per client")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="unary rounds, service and bare alternated"
+    )
     parser.add_argument("--client", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     if args.client:
         target, method, calls, in_flight, tag = args.client
@@ -569,6 +599,7 @@ def main() -> None:
                 min(args.unary_calls, 100_000),
                 max(args.clients, 2),
                 args.in_flight,
+                args.rounds,
             )
         )
     print(json.dumps(result), flush=True)
