@@ -45,7 +45,7 @@ async def test_health_dials_the_listen_port_over_loopback(settings: Settings, db
     assert "UNAVAILABLE" in output
 
 
-async def test_health_speaks_tls_when_the_server_does(
+async def test_health_speaks_tls_when_the_server_does_or_a_ca_file_is_given(
     settings: Settings, db: Database, pki: dict[str, Path | bytes]
 ) -> None:
     tls = replace_settings(
@@ -64,19 +64,7 @@ async def test_health_speaks_tls_when_the_server_does(
         )
         assert code == 0, output
         assert "SERVING" in output
-    finally:
-        await running.stop(0)
-
-
-async def test_a_ca_file_alone_asks_for_tls(
-    settings: Settings, db: Database, pki: dict[str, Path | bytes]
-) -> None:
-    # a probe on another host: its settings name no server certificate, only the CA
-    tls = replace_settings(
-        settings, tls_cert_file=pki["server.pem"], tls_key_file=pki["server.key"]
-    )
-    running = await start_server(tls, db, listen="127.0.0.1:0")
-    try:
+        # a probe on another host: its settings name no server certificate, only the CA
         address = ("--address", f"127.0.0.1:{running.port}")
         code, output = await _health(
             *address, "--ca-file", str(pki["ca.pem"]), "--server-name", "localhost"
