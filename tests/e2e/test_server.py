@@ -22,6 +22,7 @@ from predictstore.settings import Settings
 from predictstore.storage.database import Database, PoolSettings
 from predictstore.v1 import prediction_service_pb2 as pb
 from predictstore.v1.prediction_service_pb2_grpc import PredictionServiceStub
+from tests.e2e.test_predictions_api import prediction
 from tests.helpers import grpcurl, retry_delay_s, server_settings
 
 SERVICES = {
@@ -275,13 +276,15 @@ async def test_statement_timeout_is_deadline_exceeded_without_retry_hint(
     _, running = tight_server
     locker = await asyncpg.connect(database_url)
     try:
-        async with locker.transaction():
-            await locker.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = PredictionServiceStub(channel)
+            # a stored id: its read must reach the predictions table (an unknown id is
+            # answered from prediction_ids alone)
+            await stub.CreatePrediction(pb.CreatePredictionRequest(prediction=prediction("p")))
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await PredictionServiceStub(channel).GetPrediction(
-                        pb.GetPredictionRequest(prediction_id="p"), timeout=20
-                    )
+                    await stub.GetPrediction(pb.GetPredictionRequest(prediction_id="p"), timeout=20)
     finally:
         await locker.close()
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
