@@ -413,7 +413,6 @@ async def unary_figures(
     calls/s, p50 and p99, and the service's CPU over all its rounds."""
     runs: dict[str, list[dict[str, float]]] = {}
     cpu: dict[str, CpuUse] = {}
-    server_cpu: dict[str, float] = {}
     postmaster = await postmaster_pid(url)
     with (
         server_process(url, workdir) as (target, pid),
@@ -435,11 +434,10 @@ async def unary_figures(
                     cpu[side] = CpuUse(
                         earlier.server_s + use.server_s, earlier.postgres_s + use.postgres_s
                     )
-                    server_cpu[side] = use.server_s / (calls * clients)
                     log(
                         f"round {round_ + 1}, {side}: {result['per_s']:,.0f} calls/s, p50 "
                         f"{result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, server "
-                        f"CPU {server_cpu[side] * 1e6:.0f} us/call, PostgreSQL CPU "
+                        f"CPU {use.server_s / (calls * clients) * 1e6:.0f} us/call, PostgreSQL CPU "
                         f"{use.postgres_s / (calls * clients) * 1e6:.0f} us/call"
                     )
     figures: dict[str, dict[str, float]] = {}
